@@ -1,0 +1,40 @@
+# Two commands matter: `make run` starts the product, `make test` runs the tests.
+# Everything else is a step they use.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PY := .venv/bin/python
+PROTOS := $(wildcard protos/wacoder/v1/*.proto)
+
+.PHONY: install run chat test lint protos bench clean
+
+# Idempotent: re-syncs only when a pyproject or the lock changed.
+install: .venv/.synced
+.venv/.synced: pyproject.toml uv.lock lib/wacoder/pyproject.toml services/*/pyproject.toml devtools/pyproject.toml
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	$(UV) sync --frozen --python 3.11
+	@touch $@
+
+run: install
+	$(PY) -m devtools.run
+
+chat: install
+	$(PY) -m devtools.chat
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Regenerates the gRPC stubs in lib/wacoder/wacoder/v1 from protos/ (tests fail on drift).
+protos: install
+	$(PY) -m grpc_tools.protoc -I protos --python_out=lib/wacoder --pyi_out=lib/wacoder \
+		--grpc_python_out=lib/wacoder $(PROTOS)
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf .venv .run .pytest_cache .ruff_cache

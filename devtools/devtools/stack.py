@@ -1,0 +1,162 @@
+"""Starts the platform's services as separate processes, as `make run` and the tests do.
+
+Each service is `python -m <package>.main` reading the shared Settings from its
+environment; the stack only decides the environment and watches the processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from wacoder.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    module: str
+
+
+# Start order: each service's dependencies come before it.
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("autocoder", "autocoder.main"),
+    ServiceSpec("mcp-bridge", "mcp_bridge.main"),
+    ServiceSpec("notifier", "notifier.main"),
+    ServiceSpec("agent", "agent.main"),
+    ServiceSpec("webhook", "webhook.main"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def settings_for(env: Mapping[str, str]) -> Settings:
+    """The Settings a service started with `env` will see (so the stack knows its ports)."""
+    fields = Settings.model_fields
+    return Settings(**{k.lower(): v for k, v in env.items() if k.lower() in fields})  # type: ignore[arg-type]
+
+
+def listen_port(spec: ServiceSpec, settings: Settings) -> tuple[str, int]:
+    addr = {
+        "autocoder": f"{settings.autocoder_host}:{settings.autocoder_port}",
+        "mcp-bridge": settings.mcp_bridge_addr,
+        "notifier": settings.notifier_addr,
+        "agent": settings.agent_addr,
+        "webhook": f"{settings.webhook_host}:{settings.webhook_port}",
+    }[spec.name]
+    host, _, port = addr.rpartition(":")
+    return host, int(port)
+
+
+class ServiceProcess:
+    """One service process: start, wait until it listens, stop gracefully or kill."""
+
+    def __init__(self, spec: ServiceSpec, env: Mapping[str, str], log_dir: Path | None) -> None:
+        self.spec = spec
+        self.env = dict(env)
+        self.host, self.port = listen_port(spec, settings_for(env))
+        self.log_path = log_dir / f"{spec.name}.log" if log_dir else None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        if self.log_path is not None:
+            self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.spec.module],
+            env={**os.environ, **self.env, "SERVICE_NAME": self.spec.name},
+            stdout=self._log,
+            stderr=subprocess.STDOUT if self._log else None,
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"{self.spec.name} exited during start-up{self._log_tail()}")
+            if port_open(self.host, self.port):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.spec.name} did not listen on {self.host}:{self.port}{self._log_tail()}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n--- last lines of its log ---\n" + "\n".join(tail)
+
+
+class Stack:
+    """The services, in start order, sharing one environment."""
+
+    def __init__(self, env: Mapping[str, str], services: Iterable[str] | None = None,
+                 log_dir: Path | None = None) -> None:
+        wanted = set(services) if services is not None else {s.name for s in SERVICES}
+        self.env = dict(env)
+        self.processes = {s.name: ServiceProcess(s, env, log_dir) for s in SERVICES if s.name in wanted}
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.processes[name]
+
+    def start(self) -> None:
+        # Start everything first, then wait: the processes import their libraries in parallel.
+        for process in self.processes.values():
+            process.start()
+        try:
+            for process in self.processes.values():
+                process.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+
+    def restart(self, name: str) -> None:
+        process = self.processes[name]
+        process.stop()
+        process.start()
+        process.wait_ready()
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()

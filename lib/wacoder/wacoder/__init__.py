@@ -1,0 +1,1 @@
+"""The small library every WhatsApp-Coder service shares: settings, Redis, logging, gRPC, keys."""

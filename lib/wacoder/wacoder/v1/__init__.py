@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (package wacoder.v1). Do not edit: `make protos` writes them."""

@@ -1,0 +1,155 @@
+"""What the tests need to run the real platform: their own redis-server, the local Twilio
+Messages API, the services as processes, and Twilio-signed requests to the webhook."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from devtools.stack import Stack, free_port, port_open
+from twilio.request_validator import RequestValidator
+
+ACCOUNT_SID = "AC" + "1" * 32
+AUTH_TOKEN = "test-auth-token"
+BOT_NUMBER = "whatsapp:+14155238886"
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port, so a test may stop and restart it."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="wacoder-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class TwilioSim:
+    """The local Twilio Messages API (devtools.twilio_sim) as a process, and a client for it."""
+
+    def __init__(self, status_callbacks: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "devtools.twilio_sim", "--port", str(self.port),
+                "--account-sid", ACCOUNT_SID, "--auth-token", AUTH_TOKEN]
+        if status_callbacks:
+            args.append("--status-callbacks")
+        self.proc = subprocess.Popen(args)
+        wait_for_port(self.port)
+
+    def messages(self, to: str | None = None) -> list[dict[str, Any]]:
+        found = httpx.get(f"{self.url}/_sim/messages").json()["messages"]
+        return [m for m in found if to is None or m["to"] == to]
+
+    def attempts(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/_sim/messages").json()["attempts"]
+
+    def clear(self) -> None:
+        httpx.delete(f"{self.url}/_sim/messages")
+        self.script([])
+
+    def script(self, responses: list[dict[str, Any]], always: dict[str, Any] | None = None) -> None:
+        httpx.post(f"{self.url}/_sim/script", json={"responses": responses, "always": always})
+
+    def wait_for(self, to: str, count: int = 1, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+        """The messages sent to `to`, once there are at least `count` of them."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.messages(to)
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} message(s) to {to}, got {self.messages(to)}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_open("127.0.0.1", port):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, str]:
+    """A complete environment for one stack: every service on a free port."""
+    webhook_port = free_port()
+    env = {
+        "ENVIRONMENT": "production",
+        "REDIS_URL": redis_url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_WHATSAPP_NUMBER": BOT_NUMBER,
+        "TWILIO_API_BASE_URL": twilio_url,
+        "WEBHOOK_PORT": str(webhook_port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{webhook_port}",
+        "AGENT_ADDR": f"127.0.0.1:{free_port()}",
+        "MCP_BRIDGE_ADDR": f"127.0.0.1:{free_port()}",
+        "NOTIFIER_ADDR": f"127.0.0.1:{free_port()}",
+        "AUTOCODER_PORT": str(free_port()),
+        "ALLOWED_PHONE_NUMBERS": "*",
+        "RATE_LIMIT_PER_PHONE": "1000",
+        "RATE_LIMIT_GLOBAL": "100000",
+        "STATE_ENCRYPTION_KEY": "6c3O1b6Vv2m9aYyWgkR8v3xK2yq0h7bq5F1nJc4Lw0E=",
+    }
+    env.update(overrides)
+    return env
+
+
+def start_stack(env: Mapping[str, str], services: Iterable[str] | None = None,
+                log_dir: Path | None = None) -> Stack:
+    stack = Stack(env, services, log_dir=log_dir or Path(tempfile.mkdtemp(prefix="wacoder-logs-")))
+    stack.start()
+    return stack
+
+
+def sign(url: str, params: Mapping[str, str], token: str = AUTH_TOKEN) -> str:
+    return RequestValidator(token).compute_signature(url, dict(params))
+
+
+def inbound(phone: str, body: str, sid: str) -> dict[str, str]:
+    """The form Twilio posts for an incoming WhatsApp text."""
+    return {
+        "SmsMessageSid": sid, "MessageSid": sid, "AccountSid": ACCOUNT_SID, "From": f"whatsapp:{phone}",
+        "To": BOT_NUMBER, "Body": body, "NumMedia": "0", "NumSegments": "1", "ProfileName": "Tester",
+        "WaId": phone.lstrip("+"), "SmsStatus": "received", "ApiVersion": "2010-04-01",
+    }
+
+
+def post_signed(env: Mapping[str, str], path: str, form: Mapping[str, str], *,
+                sign_url: str | None = None) -> httpx.Response:
+    """POSTs `form` to the webhook signed the way Twilio signs (over PUBLIC_BASE_URL + path)."""
+    url = env["PUBLIC_BASE_URL"] + path
+    signature = sign(sign_url or url, form, env["TWILIO_AUTH_TOKEN"])
+    return httpx.post(url, data=dict(form), headers={"X-Twilio-Signature": signature}, timeout=10)
