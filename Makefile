@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 PROTOS := $(wildcard protos/wacoder/v1/*.proto)
 
-.PHONY: install run chat test lint protos bench clean
+.PHONY: install tools run chat test lint protos bench clean
 
 # Idempotent: re-syncs only when a pyproject or the lock changed.
 install: .venv/.synced
@@ -21,8 +21,18 @@ run: install
 chat: install
 	$(PY) -m devtools.chat
 
-test: install
+test: install tools
 	$(PY) -m pytest
+
+# Node tools the tests drive (the official MCP Inspector CLI); skipped when npm is absent.
+INSPECTOR := .run/npm/node_modules/.bin/mcp-inspector
+INSPECTOR_VERSION := 2.12.0
+tools: $(INSPECTOR)
+$(INSPECTOR):
+	@if command -v npm >/dev/null; then \
+		mkdir -p .run/npm && npm install --prefix .run/npm --no-audit --no-fund --silent \
+			@modelcontextprotocol/inspector@$(INSPECTOR_VERSION) ; \
+	else echo "npm not found: the MCP Inspector test will be skipped"; fi
 
 lint: install
 	$(PY) -m ruff check .

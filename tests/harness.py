@@ -3,6 +3,7 @@ Messages API, the services as processes, and Twilio-signed requests to the webho
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -153,3 +154,60 @@ def post_signed(env: Mapping[str, str], path: str, form: Mapping[str, str], *,
     url = env["PUBLIC_BASE_URL"] + path
     signature = sign(sign_url or url, form, env["TWILIO_AUTH_TOKEN"])
     return httpx.post(url, data=dict(form), headers={"X-Twilio-Signature": signature}, timeout=10)
+
+
+# The agent's progress relay messages (agent finished, session summary): see agent/progress.py.
+PROGRESS = re.compile(r"^(✅|❌|⏭️) \*\w+\* |^(🏁|❌) Session |^⚠️ I lost track")
+
+
+class Conversation:
+    """One WhatsApp user talking to the bot through the real webhook, reading replies at the sim."""
+
+    _counter = 0
+
+    def __init__(self, env: Mapping[str, str], sim: TwilioSim, phone: str) -> None:
+        self.env = env
+        self.sim = sim
+        self.phone = phone
+        self.seen = len(sim.messages(f"whatsapp:{phone}"))
+        self.progress: list[str] = []
+
+    def send(self, text: str) -> str:
+        Conversation._counter += 1
+        sid = f"SM{Conversation._counter:08d}{abs(hash((self.phone, text))) % 10**8:08d}"
+        answer = post_signed(self.env, "/webhook/whatsapp", inbound(self.phone, text, sid))
+        assert answer.status_code == 200, answer.text
+        return sid
+
+    def ask(self, text: str, parts: int = 1, timeout_s: float = 20.0) -> str:
+        """Sends `text`, waits for `parts` new replies, returns their bodies joined by newlines."""
+        self.send(text)
+        return "\n".join(self.next(parts, timeout_s))
+
+    def next(self, count: int = 1, timeout_s: float = 20.0) -> list[str]:
+        """The next `count` replies; progress messages of running sessions go to `self.progress`."""
+        replies: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        while len(replies) < count:
+            remaining = deadline - time.monotonic()
+            [message] = self.sim.wait_for(f"whatsapp:{self.phone}", self.seen + 1, max(remaining, 0.1))[
+                self.seen : self.seen + 1]
+            self.seen += 1
+            (self.progress if PROGRESS.match(message["body"]) else replies).append(message["body"])
+        return replies
+
+    def wait_progress(self, pattern: str, timeout_s: float = 60.0) -> str:
+        """The first progress message matching `pattern` (already received, or arriving)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for body in self.progress:
+                if re.search(pattern, body):
+                    return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no progress message matching {pattern!r}: {self.progress}")
+            messages = self.sim.messages(f"whatsapp:{self.phone}")
+            for message in messages[self.seen :]:
+                self.seen += 1
+                if PROGRESS.match(message["body"]):
+                    self.progress.append(message["body"])
+            time.sleep(0.1)

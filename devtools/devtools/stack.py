@@ -141,6 +141,9 @@ class Stack:
         return self.processes[name]
 
     def start(self) -> None:
+        busy = [f"{p.spec.name} ({p.host}:{p.port})" for p in self.processes.values() if port_open(p.host, p.port)]
+        if busy:
+            raise RuntimeError(f"ports already in use: {', '.join(busy)}; is another `make run` running?")
         # Start everything first, then wait: the processes import their libraries in parallel.
         for process in self.processes.values():
             process.start()

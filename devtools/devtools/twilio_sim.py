@@ -9,7 +9,10 @@ the way Twilio does.
     GET  /_sim/messages                              every message accepted so far
     DELETE /_sim/messages                            forget them
     POST /_sim/script   {"responses": [{"status": 429, "headers": {...}, "code": 20429}],
-                         "always": {"status": 500} | null}
+                         "always": {"status": 500} | null, "delay_s": 0.0}
+                         (delay_s: how long every Messages request takes to answer, so a test
+                         can catch a client with requests in flight; a scripted response may
+                         carry its own "delay_s" too)
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class SimState:
     scripted: list[dict[str, Any]] = field(default_factory=list)
     always: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    delay_s: float = 0.0
     on_message: Callable[[dict[str, Any]], None] | None = None
 
 
@@ -88,12 +92,15 @@ def build_app(state: SimState) -> Starlette:
         state.attempts.append({"at": time.time(), "to": form.get("To"), "body": form.get("Body")})
         if not _authorized(request, state) or sid != state.account_sid:
             return _error(401, 20003, "Authenticate")
+        scripted: dict[str, Any] | None = None
         if state.scripted or state.always:
             scripted = state.scripted.pop(0) if state.scripted else state.always
-            assert scripted is not None
-            if scripted.get("status", 201) >= 300:
-                return _error(scripted["status"], scripted.get("code", 20500), scripted.get("message", "Scripted"),
-                              scripted.get("headers"))
+        delay = float((scripted or {}).get("delay_s", state.delay_s))
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if scripted is not None and scripted.get("status", 201) >= 300:
+            return _error(scripted["status"], scripted.get("code", 20500), scripted.get("message", "Scripted"),
+                          scripted.get("headers"))
         for required in ("To", "From", "Body"):
             if not form.get(required) and not (required == "Body" and form.get("MediaUrl")):
                 return _error(400, 21604 if required == "To" else 21602, f"A '{required}' is required.")
@@ -141,6 +148,7 @@ def build_app(state: SimState) -> Starlette:
         payload = await request.json()
         state.scripted = list(payload.get("responses", []))
         state.always = payload.get("always")
+        state.delay_s = float(payload.get("delay_s") or 0.0)
         return JSONResponse({"ok": True})
 
     return Starlette(routes=[

@@ -1,0 +1,130 @@
+"""Delivery status of outbound WhatsApp messages, shared by the notifier (which records a
+message as `queued` the moment Twilio accepts it) and the webhook's `/webhook/status` route
+(which records Twilio's status callbacks).
+
+Both writers go through one Lua script, so the rules hold whoever comes first:
+- a status only moves forward (a late `sent` never overwrites `delivered` or `read`);
+- a failure with error 63016 (the recipient is outside WhatsApp's 24-hour session window) is
+  counted and the message is parked for its recipient, to be re-queued ahead of the next
+  message the notifier is asked to send them (replies only happen after the user wrote).
+
+The status callback path is hot, so `record_status` is one Redis round trip (EVALSHA, with
+one EVAL fallback the first time a Redis has not seen the script).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from wacoder.keys import DAY_S, delivery
+
+# A delivery record is kept a week: long enough for late callbacks and for support to look
+# up what happened to a message, short enough not to pile up.
+DELIVERY_TTL_S = 7 * DAY_S
+# Messages parked for a recipient outside the session window wait this long for the user to
+# write again; after that the reply is stale and is dropped with its list.
+PARKED_TTL_S = 7 * DAY_S
+OUTSIDE_WINDOW_ERROR = "63016"
+# Counter of messages that failed with 63016 (read by the metrics endpoint); lives forever.
+OUTSIDE_WINDOW_COUNTER = "metrics:notifier:outside_window_total"
+_PARKED_PREFIX = "outbox:parked:"
+
+
+def parked(to_hash: str) -> str:
+    """The list of messages parked for one recipient (JSON outbox entries, bodies encrypted)."""
+    return f"{_PARKED_PREFIX}{to_hash}"
+
+
+# KEYS[1] delivery hash, KEYS[2] 63016 counter.
+# ARGV: ttl, parked prefix, parked ttl, now, status ('' = none), error code ('' = none),
+#       then field/value pairs set unconditionally (metadata from the notifier).
+# The parked list's key is derived from the hash's to_hash inside the script (a single Redis
+# or a cluster with hash tags would be needed otherwise; we run a single Redis).
+_APPLY = """
+local rank = {accepted=0, scheduled=0, queued=0, sending=1, sent=2,
+              failed=3, undelivered=3, delivered=4, read=5}
+local key = KEYS[1]
+local new = ARGV[5]
+local applied = 0
+if new ~= '' then
+  local cur = redis.call('HGET', key, 'status')
+  if (not cur) or (rank[new] or -1) > (rank[cur] or -1) then
+    redis.call('HSET', key, 'status', new, 'updated_at', ARGV[4])
+    if ARGV[6] ~= '' then redis.call('HSET', key, 'error_code', ARGV[6]) end
+    applied = 1
+  end
+end
+for i = 7, #ARGV, 2 do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', key, tonumber(ARGV[1]))
+local st = redis.call('HGET', key, 'status')
+if (st == 'failed' or st == 'undelivered')
+    and redis.call('HGET', key, 'error_code') == '63016'
+    and redis.call('HGET', key, 'parked') ~= '1' then
+  local payload = redis.call('HGET', key, 'payload')
+  local to_hash = redis.call('HGET', key, 'to_hash')
+  -- A callback can beat the notifier's own record; then the payload is not there yet and
+  -- the notifier's record (same script) parks it when it arrives.
+  if payload and to_hash then
+    local list = ARGV[2] .. to_hash
+    redis.call('RPUSH', list, payload)
+    redis.call('EXPIRE', list, tonumber(ARGV[3]))
+    redis.call('HSET', key, 'parked', '1')
+    redis.call('INCR', KEYS[2])
+    return 2
+  end
+end
+return applied
+"""
+_APPLY_SHA = hashlib.sha1(_APPLY.encode()).hexdigest()
+
+
+def _argv(status: str, error_code: str, fields: Mapping[str, str]) -> list[str]:
+    args = [str(DELIVERY_TTL_S), _PARKED_PREFIX, str(PARKED_TTL_S), f"{time.time():.3f}", status, error_code]
+    for name, value in fields.items():
+        args += [name, value]
+    return args
+
+
+async def _apply(redis: aioredis.Redis, sid: str, status: str, error_code: str,
+                 fields: Mapping[str, str]) -> int:
+    keys = [delivery(sid), OUTSIDE_WINDOW_COUNTER]
+    argv = _argv(status, error_code, fields)
+    try:
+        return int(await redis.evalsha(_APPLY_SHA, len(keys), *keys, *argv))
+    except NoScriptError:
+        # First use on this Redis (or after a restart/SCRIPT FLUSH): EVAL also caches it.
+        return int(await redis.eval(_APPLY, len(keys), *keys, *argv))
+
+
+async def record_status(redis: aioredis.Redis, form: Mapping[str, str]) -> None:
+    """Records one Twilio status callback (`MessageSid`, `MessageStatus`, `ErrorCode`).
+
+    Statuses only move forward; a 63016 failure parks the message for its recipient and is
+    counted. Unknown or empty fields are ignored; one Redis round trip.
+    """
+    sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
+    status = (form.get("MessageStatus") or form.get("SmsStatus") or "").strip().lower()
+    if not sid or not status:
+        return
+    error_code = (form.get("ErrorCode") or "").strip()
+    await _apply(redis, sid, status, error_code, {})
+
+
+def record_accepted_args(sid: str, fields: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of the script that records a message Twilio just accepted as `queued`.
+
+    The notifier runs it inside its own MULTI with the outbox XACK, so that "Twilio accepted"
+    and "recorded as sent" are one atomic round trip; `fields` are to_hash, idempotency_key,
+    outbox_id and payload (the outbox entry as JSON, body still encrypted, for parking).
+    """
+    return [delivery(sid), OUTSIDE_WINDOW_COUNTER], _argv("queued", "", fields)
+
+
+APPLY_SCRIPT = _APPLY

@@ -1,0 +1,54 @@
+"""The agent's durable inbox: a Redis Stream of accepted WhatsApp messages.
+
+Both the agent (SubmitMessage) and the webhook (when the agent cannot be reached) store
+messages with `enqueue`, so either path is idempotent on Twilio's MessageSid: the
+de-duplication mark and the stream entry are written by one Lua script, atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from wacoder import keys
+from wacoder.crypto import StateCipher
+from wacoder.phones import phone_hash
+from wacoder.v1 import agent_pb2
+
+# KEYS[1] = dedup mark, KEYS[2] = inbox stream; ARGV = sid, ttl, ordering key, encrypted payload.
+_ENQUEUE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) == false then
+  return ''
+end
+return redis.call('XADD', KEYS[2], '*', 'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4])
+"""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    duplicate: bool
+    entry_id: str
+
+
+class Inbox:
+    def __init__(self, redis: aioredis.Redis, cipher: StateCipher, hash_salt: str) -> None:
+        self.redis = redis
+        self.cipher = cipher
+        self.hash_salt = hash_salt
+        self._enqueue = redis.register_script(_ENQUEUE)
+
+    async def enqueue(self, message: agent_pb2.InboundMessage) -> Enqueued:
+        # The message text is user data: it is stored encrypted, like conversation state.
+        payload = self.cipher.encrypt(message.SerializeToString().hex())
+        entry_id = await self._enqueue(
+            keys=[keys.inbound_seen(message.message_sid), keys.INBOX_STREAM],
+            # One sender's messages are handled in order: the hashed sender is the ordering key.
+            args=[message.message_sid, keys.DEDUP_TTL_S, phone_hash(message.sender, self.hash_salt), payload],
+        )
+        return Enqueued(duplicate=not entry_id, entry_id=entry_id or "")
+
+    def decode(self, fields: dict[str, str]) -> agent_pb2.InboundMessage:
+        message = agent_pb2.InboundMessage()
+        message.ParseFromString(bytes.fromhex(self.cipher.decrypt(fields["payload"])))
+        return message

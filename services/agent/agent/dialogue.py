@@ -1,0 +1,40 @@
+"""Turns one inbound message into the reply: slash commands directly, free text through the
+LLM agent when one is configured, else through the offline router."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from wacoder import templates
+
+from agent import offline
+from agent.autocoder import AutoCoderUnavailable, ToolError
+from agent.commands import is_command, run_command
+from agent.turn import Turn
+
+log = logging.getLogger("agent.dialogue")
+
+
+class FreeTextResponder(Protocol):
+    async def respond(self, turn: Turn, text: str) -> str: ...
+
+
+class OfflineResponder:
+    async def respond(self, turn: Turn, text: str) -> str:
+        return await offline.respond(turn, text)
+
+
+async def reply_to(turn: Turn, text: str, free_text: FreeTextResponder) -> str:
+    """Never raises for the user's sake: a dead dependency becomes the connection template."""
+    if not text.strip():
+        return "I can only read text for now. Type /help to see what I can do."
+    try:
+        if is_command(text):
+            return await run_command(turn, text)
+        return await free_text.respond(turn, text)
+    except AutoCoderUnavailable:
+        log.warning("autocoder unavailable")
+        return templates.CONNECTION
+    except ToolError as error:
+        return turn.explain(error)

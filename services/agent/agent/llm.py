@@ -1,0 +1,97 @@
+"""Free text through an LLM agent (LangChain `create_agent` + `ChatOpenAI`) whose tools are
+the AutoCoder MCP tools, reached through mcp-bridge on behalf of this user.
+
+The tools that change the user's world (create a project, start a session) go through the
+same Turn actions as the slash commands, so the active project, the seed's indexes and the
+progress relay behave the same whichever way the user asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpx
+import openai
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.tools import StructuredTool, ToolException
+from langchain_openai import ChatOpenAI
+
+from wacoder import templates
+from wacoder.settings import Settings
+from wacoder.whatsapp_text import markdown_to_whatsapp
+
+from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError, ToolSpec
+from agent.prompts import system_prompt
+from agent.state import Project
+from agent.turn import Turn
+
+log = logging.getLogger("agent.llm")
+
+_LLM_ERRORS = (openai.APIError, httpx.HTTPError, TimeoutError)
+
+
+class LlmResponder:
+    def __init__(self, settings: Settings, autocoder: AutoCoder) -> None:
+        assert settings.openai_api_key is not None
+        self.model = ChatOpenAI(
+            model=settings.llm_model,
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            timeout=settings.llm_timeout_s,
+            max_retries=1,
+        )
+        self.timeout_s = settings.llm_timeout_s * 2
+        self.autocoder = autocoder
+        self._specs: list[ToolSpec] | None = None
+
+    async def respond(self, turn: Turn, text: str) -> str:
+        if self._specs is None:
+            self._specs = await self.autocoder.tools()
+        unavailable: list[AutoCoderUnavailable] = []
+        tools = [self._tool(turn, spec, unavailable) for spec in self._specs]
+        agent = create_agent(model=self.model, tools=tools, system_prompt=system_prompt(turn.state))
+        messages = [*memory(turn.state.history), HumanMessage(text)]
+        try:
+            result = await asyncio.wait_for(agent.ainvoke({"messages": messages}), self.timeout_s)
+        except _LLM_ERRORS as error:
+            log.warning("llm call failed", extra={"error": type(error).__name__})
+            return templates.CONNECTION
+        if unavailable:
+            raise unavailable[0]
+        answer = result["messages"][-1]
+        text = str(answer.text if isinstance(answer, AIMessage) else answer.content)
+        # LLMs write Markdown; WhatsApp has its own, smaller formatting language.
+        return markdown_to_whatsapp(text) if text.strip() else templates.CONNECTION
+
+    def _tool(self, turn: Turn, spec: ToolSpec, unavailable: list[AutoCoderUnavailable]) -> StructuredTool:
+        async def call(**arguments: Any) -> str:
+            try:
+                return json.dumps(await self._call(turn, spec.name, arguments))
+            except AutoCoderUnavailable as error:
+                unavailable.append(error)
+                raise ToolException("AutoCoder is temporarily unavailable") from error
+            except ToolError as error:
+                raise ToolException(str(error)) from error
+
+        return StructuredTool(name=spec.name, description=spec.description, args_schema=spec.input_schema,
+                              coroutine=call, handle_tool_error=True)
+
+    async def _call(self, turn: Turn, name: str, arguments: dict[str, Any]) -> Any:
+        if name == "create_project":
+            project = await turn.create_project(arguments["name"], arguments.get("description", ""))
+            return {"project_id": project.project_id, "name": project.name}
+        if name == "execute_coding_task":
+            project_id = arguments["project_id"]
+            active = turn.state.active_project
+            project = active if active and active.project_id == project_id else Project(project_id, project_id)
+            return await turn.start_session(project, arguments["task"], arguments.get("agents"))
+        return await turn.autocoder.call(turn.caller, name, **arguments)
+
+
+def memory(history: list[dict[str, Any]]) -> list[BaseMessage]:
+    """The stored exchanges (already trimmed to the seed's last 10) as chat messages."""
+    return [HumanMessage(h["text"]) if h["role"] == "user" else AIMessage(h["text"]) for h in history]

@@ -1,0 +1,82 @@
+"""The agent service: wires the inbox, the conversation logic, AutoCoder (through the
+bridge) and the notifier, and serves SubmitMessage over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from wacoder import grpc as wgrpc
+from wacoder import keys
+from wacoder.crypto import StateCipher
+from wacoder.inbox import Inbox
+from wacoder.logs import setup_logging
+from wacoder.redis import connect
+from wacoder.settings import Settings, get_settings
+from wacoder.streams import KeyedStreamConsumer, default_consumer_name
+from wacoder.v1 import agent_pb2_grpc, bridge_pb2_grpc, notifier_pb2_grpc
+
+from agent.autocoder import AutoCoder
+from agent.dialogue import FreeTextResponder, OfflineResponder
+from agent.outbound import Outbound
+from agent.processor import Processor
+from agent.progress import ProgressRelay
+from agent.servicer import AgentServicer
+from agent.state import StateStore
+
+log = logging.getLogger("agent.main")
+
+
+def free_text_responder(settings: Settings, autocoder: AutoCoder) -> FreeTextResponder:
+    if settings.openai_api_key is None:
+        log.info("no OPENAI_API_KEY: free text goes to the offline router")
+        return OfflineResponder()
+    from agent.llm import LlmResponder  # langchain is heavy: import it only when used
+
+    return LlmResponder(settings, autocoder)
+
+
+async def serve(settings: Settings) -> None:
+    redis = connect(settings)
+    cipher = StateCipher.from_settings(settings)
+    salt = settings.phone_hash_salt.get_secret_value()
+    inbox = Inbox(redis, cipher, salt)
+    bridge_channel = wgrpc.channel(settings.mcp_bridge_addr)
+    notifier_channel = wgrpc.channel(settings.notifier_addr)
+    autocoder = AutoCoder(bridge_pb2_grpc.McpBridgeServiceStub(bridge_channel), settings.mcp_call_timeout_s + 5)
+    outbound = Outbound(notifier_pb2_grpc.NotifierServiceStub(notifier_channel), settings.grpc_fast_timeout_s)
+    progress = ProgressRelay(redis, autocoder, outbound)
+    processor = Processor(redis=redis, cipher=cipher, inbox=inbox, store=StateStore(redis, cipher),
+                          autocoder=autocoder, outbound=outbound,
+                          free_text=free_text_responder(settings, autocoder), progress=progress, hash_salt=salt)
+    consumer = KeyedStreamConsumer(
+        redis, stream=keys.INBOX_STREAM, group=keys.INBOX_GROUP, consumer=default_consumer_name("agent"),
+        key_of=lambda fields: fields["key"], handle=processor.handle, claim_idle_ms=settings.stream_claim_idle_ms,
+    )
+    consuming = asyncio.create_task(consumer.run())
+    try:
+        await progress.resume_all()
+    except Exception:
+        log.exception("could not resume progress relays; they resume on the next start")
+
+    async def on_stop() -> None:
+        consumer.stop()
+        await consumer.drain(timeout_s=5.0)
+        consuming.cancel()
+        await progress.stop()
+
+    await wgrpc.serve(settings.agent_addr, [(agent_pb2_grpc.add_AgentServiceServicer_to_server,
+                                            AgentServicer(inbox))], ["wacoder.v1.AgentService"], on_stop=on_stop)
+    await bridge_channel.close()
+    await notifier_channel.close()
+    await redis.aclose()
+
+
+def main() -> None:
+    settings = get_settings()
+    setup_logging(settings, "agent")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

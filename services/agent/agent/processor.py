@@ -1,0 +1,80 @@
+"""Handles one inbox entry, exactly once as the user sees it.
+
+The reply is computed once and stored (encrypted) in the same transaction as the state it
+changed; sending it uses idempotency keys. So a crash at any point either redoes work
+nothing has seen yet, or resends a stored reply that the notifier de-duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from wacoder import keys
+from wacoder.crypto import StateCipher
+from wacoder.inbox import Inbox
+from wacoder.phones import phone_hash, to_e164
+from wacoder.v1 import agent_pb2
+
+from agent.autocoder import AutoCoder
+from agent.dialogue import FreeTextResponder, reply_to
+from agent.outbound import Outbound, render
+from agent.progress import ProgressRelay
+from agent.state import StateStore
+from agent.turn import Turn
+
+log = logging.getLogger("agent.processor")
+
+
+class Processor:
+    def __init__(self, *, redis: aioredis.Redis, cipher: StateCipher, inbox: Inbox, store: StateStore,
+                 autocoder: AutoCoder, outbound: Outbound, free_text: FreeTextResponder,
+                 progress: ProgressRelay, hash_salt: str) -> None:
+        self.redis = redis
+        self.cipher = cipher
+        self.inbox = inbox
+        self.store = store
+        self.autocoder = autocoder
+        self.outbound = outbound
+        self.free_text = free_text
+        self.progress = progress
+        self.hash_salt = hash_salt
+
+    async def handle(self, entry_id: str, fields: dict[str, str]) -> None:
+        message = self.inbox.decode(fields)
+        started = time.perf_counter()
+        stored = await self.redis.get(keys.agent_replies(message.message_sid))
+        sessions: list[str] = []
+        if stored is not None:
+            parts: list[str] = json.loads(self.cipher.decrypt(stored))
+        else:
+            parts, sessions = await self._respond(message)
+        await self.outbound.send(message.sender, parts, key=f"reply:{message.message_sid}")
+        # Progress starts after the reply that announced the session, so it arrives after it.
+        # (On the resend path the relay was registered already; startup resumes it.)
+        for session_id in sessions:
+            self.progress.start(session_id)
+        log.info("message processed", extra={"phone": to_e164(message.sender), "parts": len(parts),
+                                              "duration_ms": round((time.perf_counter() - started) * 1000)})
+
+    async def _respond(self, message: agent_pb2.InboundMessage) -> tuple[list[str], list[str]]:
+        phone = to_e164(message.sender)
+        state = await self.store.load(phone)
+        turn = Turn(state=state, caller=phone_hash(phone, self.hash_salt), autocoder=self.autocoder)
+        text = await reply_to(turn, message.body, self.free_text)
+        if not turn.cleared:
+            state.remember(message.body, text)
+        parts = render(text)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.store.save(pipe, state)
+            pipe.set(keys.agent_replies(message.message_sid), self.cipher.encrypt(json.dumps(parts)),
+                     ex=keys.DAY_S)
+            for project_id in turn.linked_projects:
+                self.store.link_project(pipe, phone, project_id)
+            for session_id, project_name in turn.started_sessions:
+                self.progress.register(pipe, session_id, message.sender, turn.caller, project_name)
+            await pipe.execute()
+        return parts, [session_id for session_id, _ in turn.started_sessions]

@@ -1,0 +1,172 @@
+"""Relays a running coding session's progress to the user who started it.
+
+A message when an agent finishes, batched so a user gets at most one progress message per
+BATCH_INTERVAL_S, then a final summary with test results and file links. Each relay is
+registered in Redis with the last event it reported, so an agent restart resumes every
+relay where it stopped, and idempotency keys (session + event number) make a resent
+message a no-op at the notifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from wacoder import keys
+from wacoder.v1 import bridge_pb2
+
+from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError
+from agent.outbound import Outbound, render
+
+log = logging.getLogger("agent.progress")
+
+BATCH_INTERVAL_S = 5.0
+# How long a relay keeps trying while AutoCoder is unreachable before telling the user.
+GIVE_UP_AFTER_S = 600.0
+AGENT_ICONS = {"done": "✅", "failed": "❌", "skipped": "⏭️"}
+
+
+class ProgressRelay:
+    def __init__(self, redis: aioredis.Redis, autocoder: AutoCoder, outbound: Outbound,
+                 batch_interval_s: float = BATCH_INTERVAL_S) -> None:
+        self.redis = redis
+        self.autocoder = autocoder
+        self.outbound = outbound
+        self.batch_interval_s = batch_interval_s
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @staticmethod
+    def register(pipe: aioredis.client.Pipeline, session_id: str, to: str, caller: str, project: str) -> None:
+        key = keys.session_watch(session_id)
+        pipe.hset(key, mapping={"to": to, "caller": caller, "project": project, "after": 0})
+        pipe.expire(key, keys.DAY_S)
+        pipe.sadd(keys.ACTIVE_WATCHES, session_id)
+
+    def start(self, session_id: str) -> None:
+        if session_id not in self._tasks or self._tasks[session_id].done():
+            self._tasks[session_id] = asyncio.create_task(self._relay(session_id))
+
+    async def resume_all(self) -> None:
+        for session_id in await self.redis.smembers(keys.ACTIVE_WATCHES):
+            self.start(session_id)
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _relay(self, session_id: str) -> None:
+        key = keys.session_watch(session_id)
+        down_since: float | None = None
+        while True:
+            watch = await self.redis.hgetall(key)
+            if not watch:
+                await self.redis.srem(keys.ACTIVE_WATCHES, session_id)
+                return
+            try:
+                await self._follow(session_id, watch)
+                return
+            except AutoCoderUnavailable:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > GIVE_UP_AFTER_S:
+                    await self._finish(session_id, watch, [
+                        f"⚠️ I lost track of session `{session_id}` (AutoCoder is unreachable). "
+                        f"Ask /status {session_id} later."])
+                    return
+                await asyncio.sleep(2.0)
+            except ToolError:
+                await self._finish(session_id, watch, [])
+                return
+            except (RedisError, OSError):
+                await asyncio.sleep(2.0)
+            except Exception:
+                log.exception("progress relay failed; retrying")
+                await asyncio.sleep(5.0)
+
+    async def _follow(self, session_id: str, watch: dict[str, str]) -> None:
+        events: asyncio.Queue[bridge_pb2.SessionEvent | None] = asyncio.Queue()
+
+        async def read() -> None:
+            async for event in self.autocoder.watch(watch["caller"], session_id, int(watch["after"])):
+                await events.put(event)
+            await events.put(None)
+
+        reader = asyncio.create_task(read())
+        pending: list[bridge_pb2.SessionEvent] = []
+        last_sent = time.monotonic()
+        try:
+            while True:
+                wait = max(0.0, last_sent + self.batch_interval_s - time.monotonic()) if pending else None
+                try:
+                    event = await asyncio.wait_for(events.get(), timeout=wait)
+                except TimeoutError:
+                    await self._send_batch(session_id, watch, pending)
+                    pending, last_sent = [], time.monotonic()
+                    continue
+                if event is None:
+                    reader.result()  # re-raises what ended the stream
+                    raise AutoCoderUnavailable("watch ended before the session did")
+                if event.final:
+                    await self._finish(session_id, watch, [summary(session_id, watch["project"], event)],
+                                       files=await self._files(session_id, watch))
+                    return
+                if event.agent_status in AGENT_ICONS:
+                    pending.append(event)
+        finally:
+            reader.cancel()
+
+    async def _send_batch(self, session_id: str, watch: dict[str, str], batch: list[bridge_pb2.SessionEvent]) -> None:
+        lines = [f"{AGENT_ICONS[e.agent_status]} *{e.agent}* {e.agent_status}: {e.message} ({e.progress}%)"
+                 for e in batch]
+        last = batch[-1].seq
+        await self.outbound.send(watch["to"], render("\n".join(lines)), key=f"progress:{session_id}:{last}")
+        await self.redis.hset(keys.session_watch(session_id), "after", last)
+        watch["after"] = str(last)
+
+    async def _files(self, session_id: str, watch: dict[str, str]) -> list[dict[str, Any]]:
+        try:
+            result = await self.autocoder.call(watch["caller"], "get_session_files", session_id=session_id)
+        except (AutoCoderUnavailable, ToolError):
+            return []
+        return list(result.get("files", []))
+
+    async def _finish(self, session_id: str, watch: dict[str, str], texts: list[str],
+                      files: list[dict[str, Any]] | None = None) -> None:
+        if files:
+            texts = [texts[0] + "\n\n" + files_text(files)]
+        for text in texts:
+            await self.outbound.send(watch["to"], render(text), key=f"progress:{session_id}:final")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.session_watch(session_id))
+            pipe.srem(keys.ACTIVE_WATCHES, session_id)
+            await pipe.execute()
+
+
+def summary(session_id: str, project: str, final: bridge_pb2.SessionEvent) -> str:
+    details: dict[str, Any] = json.loads(final.detail_json or "{}")
+    status = details.get("status", final.status)
+    icon = "🏁" if status == "succeeded" else "❌"
+    lines = [f"{icon} Session `{session_id}` in *{project}*: *{status}*"]
+    agents = details.get("agents") or {}
+    if agents:
+        lines.append("Agents: " + ", ".join(f"{name} {AGENT_ICONS.get(state, state)}"
+                                            for name, state in agents.items()))
+    tests = details.get("test_results")
+    if tests:
+        lines.append(f"Tests: {tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed"
+                     + (f", {tests['errors']} errors" if tests.get("errors") else ""))
+    if details.get("summary"):
+        lines.append(str(details["summary"]))
+    return "\n".join(lines)
+
+
+def files_text(files: list[dict[str, Any]]) -> str:
+    lines = [f"*Files* ({len(files)}):"]
+    lines += [f"- {f['path']}: {f['download_url']}" for f in files]
+    return "\n".join(lines)

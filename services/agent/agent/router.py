@@ -1,0 +1,388 @@
+"""The offline intent router: free text -> Intent, for when no LLM key is configured.
+
+Deliberately small and predictable: ordered rules (regexes over a cleaned-up copy of the
+message), first match wins, no scoring and no ML. When in doubt it answers UNKNOWN, and the
+agent says plainly that it did not understand and points at /help: a wrong guess that
+starts a coding task costs the user far more than a "try /help".
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["AGENT_NAMES", "Intent", "IntentKind", "route"]
+
+# AutoCoder's six agents, in pipeline order; hints are reported in this order.
+AGENT_NAMES: tuple[str, ...] = ("planner", "developer", "tester", "uiux", "database", "devops")
+
+
+class IntentKind(StrEnum):
+    CREATE_PROJECT = "create_project"
+    LIST_PROJECTS = "list_projects"
+    RUN_TASK = "run_task"
+    STATUS = "status"
+    FILES = "files"
+    HELP = "help"
+    AGENTS = "agents"
+    GREETING = "greeting"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    kind: IntentKind
+    name: str | None = None  # CREATE_PROJECT: the project name, if given
+    description: str | None = None  # CREATE_PROJECT: what the project is, if given
+    task: str | None = None  # RUN_TASK: the request, politeness stripped, case kept
+    agents: tuple[str, ...] = ()  # RUN_TASK: agents the wording points at; () = let AutoCoder pick
+    session_ref: str | None = None  # STATUS / FILES: an explicit "sess_<hex>" in the message
+
+
+_FLAGS = re.IGNORECASE
+
+# --------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------
+
+_SESSION_RE = re.compile(r"\bsess_[0-9a-f]+\b", _FLAGS)
+_QUOTES = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "´": "'", "`": "'"})
+# Emoji and pictographs (So), modifiers (Sk), private/unassigned code points (emoji newer
+# than this Python's Unicode tables), plus the joiners that glue emoji sequences together.
+_DROP_CATEGORIES = frozenset({"So", "Sk", "Co", "Cn", "Cs"})
+_DROP_CHARS = frozenset("\u200d\ufe0e\ufe0f\u20e3")
+_EDGE_PUNCTUATION = " \t\n.,;:!?¡¿~*-_()[]\"'"
+# Leading courtesy and framing that carries no intent. Applied repeatedly, and only when
+# something follows ("help me" alone is a request for help).
+_LEAD_IN_RE = re.compile(
+    r"^(?:hi|hello|hey|yo|ok(?:ay)?|so|and|also|now|then|just|kindly|pls|plz|please"
+    r"|(?:can|could|would|will)\s+(?:you|u)(?:\s+please)?"
+    r"|can\s+i|could\s+i|may\s+i"
+    r"|i(?:\s+(?:want|need|would\s+like|wanna)|'d\s+like)\s+(?:you\s+)?to"
+    r"|i\s+wanna|let'?s|let\s+us|help\s+me(?:\s+to)?|go\s+ahead\s+and|bot)\b[\s,.!:;-]*",
+    _FLAGS,
+)
+_PLEASE_RE = re.compile(r"\s*\b(?:please|pls|plz)\b\s*", _FLAGS)
+
+
+def _clean(text: str) -> str:
+    """Drop emoji and edge punctuation, unify quotes, collapse blanks; case is kept."""
+    text = unicodedata.normalize("NFC", text).translate(_QUOTES)
+    text = "".join(
+        " " if ch in _DROP_CHARS or unicodedata.category(ch) in _DROP_CATEGORIES else ch for ch in text
+    )
+    return " ".join(text.split()).strip(_EDGE_PUNCTUATION)
+
+
+def _strip_lead_in(text: str) -> str:
+    text = _PLEASE_RE.sub(" ", f" {text} ").strip(_EDGE_PUNCTUATION)
+    while True:
+        m = _LEAD_IN_RE.match(text)
+        rest = text[m.end() :].strip(_EDGE_PUNCTUATION) if m else ""
+        if not m or not rest:
+            return text
+        text = rest
+
+
+# --------------------------------------------------------------------------------------
+# Rules, tried in the order of `route`
+# --------------------------------------------------------------------------------------
+
+
+def _rx(*patterns: str) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p, _FLAGS) for p in patterns)
+
+
+def _any(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
+    return any(p.search(text) for p in patterns)
+
+
+# Slash commands are exact, so they bypass every heuristic.
+_COMMANDS: dict[str, IntentKind] = {
+    "help": IntentKind.HELP,
+    "start": IntentKind.HELP,
+    "commands": IntentKind.HELP,
+    "list": IntentKind.LIST_PROJECTS,
+    "projects": IntentKind.LIST_PROJECTS,
+    "status": IntentKind.STATUS,
+    "files": IntentKind.FILES,
+    "agents": IntentKind.AGENTS,
+    "new": IntentKind.CREATE_PROJECT,
+    "create": IntentKind.CREATE_PROJECT,
+    "task": IntentKind.RUN_TASK,
+    "run": IntentKind.RUN_TASK,
+}
+
+# The whole message is a greeting (or thanks: small talk deserves a friendly reply, not
+# "I did not understand").
+_GREETING_RE = re.compile(
+    r"(?:hi|hello|hey|hiya|howdy|yo|hola|greetings|sup|what'?s up|wassup"
+    r"|good (?:morning|afternoon|evening|day)|thanks?(?: you)?|thank u|thx|ty|cheers)"
+    r"(?:\s+(?:there|bot|friend|all|everyone|again|a lot|so much|mate))*",
+    _FLAGS,
+)
+
+# Asking what the bot can do. Anchored single words, or unmistakable questions anywhere.
+_HELP = _rx(
+    r"^(?:help|help me|commands|menu|usage|instructions|info|options|\?)$",
+    r"\bwhat (?:can|do) you do\b",
+    r"\bwhat can i (?:do|ask)\b",
+    r"\bhow (?:does|do) (?:this|it|you) work\b",
+    r"\bhow (?:do|can|should) i use (?:this|you|it|the bot)\b",
+    r"\bhow to use\b",
+    r"^(?:what|who) are you$",
+    r"^what is this$",
+    r"\b(?:show|list|what are) (?:me )?(?:the |your )?commands\b",
+)
+
+# Asking about AutoCoder's agents (not asking an agent to do something).
+_AGENTS = _rx(
+    r"^(?:what|which|who|list|show(?: me)?|tell me about|how many|name)\b.*\bagents?\b",
+    r"^(?:the )?agents$",
+)
+
+# Progress of the current (or a named) session. Anchored, because "status" inside a task
+# ("add a status page") is not a question about progress.
+_STATUS = _rx(
+    r"^(?:status|progress|updates?|any updates?|any news|eta)\b(?:\s+(?:of|for|on)\b.*|\s+sess_\w+)?$",
+    r"^status update$",
+    r"^(?:what'?s|what is|whats|check|show(?: me)?|see|get|give me|tell me|how'?s|how is)\b.*"
+    r"\b(?:status|progress)\b",
+    r"\bhow(?:'s| is| are)? (?:it|things|everything|my \w+|the \w+) (?:going|coming along|doing)\b",
+    r"^(?:is|are) (?:it|you|they|we|my \w+|the \w+) (?:done|ready|finished|complete|there)(?: yet)?$",
+    r"^(?:are you|is it) (?:still )?(?:working|running)\b",
+    r"^how (?:far|long)\b",
+    r"^sess_[0-9a-f]+$",
+)
+
+# Getting generated files. The object must be the files/code, with an article when the
+# verb is "give"/"get" so that "give me code for a todo app" stays a coding task.
+_FILES = _rx(
+    r"^(?:show|send|share|download|fetch|see|view|list|export|zip)(?: me| us)?"
+    r"(?: (?:the|my|our|all(?: the)?|those|these|its))?(?: generated| resulting| output| final)?"
+    r" (?:files?|code|source(?: code)?|output|results?|zip|repo(?:sitory)?|artifacts?)\b",
+    r"^(?:give|get)(?: me| us)? (?:the|my|our|all(?: the)?|those|these)"
+    r"(?: generated| resulting| output| final)? (?:files?|code|source(?: code)?|output|results?|zip)\b",
+    r"^(?:the )?(?:generated )?files?\b",
+    r"^download\b",
+    r"\bwhere (?:are|is|can i find) (?:the|my) (?:files?|code|output)\b",
+)
+
+# Listing projects.
+_LIST_PROJECTS = _rx(
+    r"^(?:list|show|see|view|display|get|give)(?: me| us)?(?: all)?(?: of)?(?: (?:my|the|our))?"
+    r"(?: current| existing| active| old)? projects\b",
+    r"\b(?:what|which) projects\b",
+    r"^(?:my |our |all )?projects$",
+    r"\bhow many projects\b",
+    r"\bprojects do i have\b",
+)
+
+# Creating a project: a creation verb whose object is "project" (at most two modifier
+# words in between: "a new django project"), so "create a docker configuration for the
+# project" does not qualify.
+_CREATE_PROJECT_RE = re.compile(
+    r"^(?:(?:create|start|make|set\s*up|init(?:iali[sz]e)?|begin|open|add|spin\s+up|kick\s+off)"
+    r"(?:\s+me)?(?:\s+(?:a|an|the|my))?(?:\s+(?!for\b|to\b|with\b|of\b|in\b)[\w-]+){0,2}?"
+    r"|new)\s+project\b(?P<rest>.*)$",
+    _FLAGS,
+)
+# "create a project plan" is a planning task, not a project called "plan".
+_NOT_A_NAME = frozenset(
+    "plan plans roadmap structure timeline skeleton scaffold template readme documentation docs"
+    " setup config configuration folder directory overview summary report outline brief".split()
+)
+# Words that start a description rather than name the project.
+_DESCRIPTION_LEAD = re.compile(
+    r"^(?:for|that|which|to|about|where|with|using|in|on|like|as|and|then|but|so|now)\b", _FLAGS
+)
+_NAMED_RE = re.compile(
+    r"^(?:(?:called|named|titled|name\s+it|with\s+(?:the\s+)?name)\s+)"
+    r"(?:[\"'](?P<quoted>[^\"']+)(?:[\"']|$)|(?P<word>[\w][\w.-]*))(?P<rest>.*)$",
+    _FLAGS,
+)
+_BARE_NAME_RE = re.compile(r"^(?:[\"'](?P<quoted>[^\"']+)(?:[\"']|$)|(?P<word>[\w][\w.-]*))(?P<rest>.*)$")
+_DESCRIPTION_JOINERS = re.compile(
+    r"^(?:[:,;.\-–—]+\s*|(?:that|which)\s+(?:is|will\s+be|does)\s+|(?:for|about|as|to)\s+)",
+    _FLAGS,
+)
+
+# Asking for work: the message starts with something AutoCoder can do ...
+_TASK_VERBS = (
+    "build|create|write|make|generate|design|implement|add|develop|code|program|set up|setup"
+    "|configure|deploy|refactor|fix|debug|update|modify|change|improve|optimi[sz]e|test|plan"
+    "|draft|scaffold|migrate|containeri[sz]e|dockeri[sz]e|document|review|integrate|connect"
+    "|remove|delete|rename|port|convert|rewrite|redesign|style|extend|enhance|automate|prepare"
+    "|produce|outline|sketch|model|normali[sz]e|secure|install|publish|launch|ship|host|scale"
+    "|split|merge|clean up|restructure|translate|validate"
+)
+_TASK_RE = re.compile(rf"^(?:{_TASK_VERBS})\b", _FLAGS)
+# ... or states a want ("I need a login page", "I'd like an API for ...").
+_WANT_RE = re.compile(
+    r"^(?:(?:i(?:\s+(?:need|want|would\s+like)|'d\s+like)|i'm\s+looking\s+for)"
+    r"\s+(?:a|an|some|the|my|to\s+have)\b|(?:give|get)\s+me\s+\w)",
+    _FLAGS,
+)
+
+# Which agents a task's wording points at. Several may match; none means "AutoCoder
+# decides". Word-bounded so "explain" is not "plan" and "rapid" is not "api".
+_AGENT_HINTS: dict[str, tuple[re.Pattern[str], ...]] = {
+    "planner": _rx(r"\bplan(?:s|ning)?\b", r"\broadmap\b", r"\barchitecture\b", r"\bmilestones?\b"),
+    "developer": _rx(
+        r"\bapis?\b",
+        r"\bback-?end\b",
+        r"\bcode\b",
+        r"\bimplement(?:s|ed|ing|ation)?\b",
+        r"\bendpoints?\b",
+        r"\bfunctions?\b",
+        r"\bclass(?:es)?\b",
+        r"\bscripts?\b",
+        r"\brefactor\w*\b",
+        r"\bbugs?\b",
+        r"\bgraphql\b",
+        r"\bserver\b",
+    ),
+    "tester": _rx(
+        r"\btests?\b",
+        r"\btesting\b",
+        r"\bcoverage\b",
+        r"\bqa\b",
+        r"\be2e\b",
+        r"\bpytest\b",
+        r"\bjest\b",
+    ),
+    "uiux": _rx(
+        r"\bdashboards?\b",
+        r"\bui\b",
+        r"\bux\b",
+        r"\bui/ux\b",
+        r"\bfront-?end\b",
+        r"\bpages?\b",
+        r"\bscreens?\b",
+        r"\blayout\b",
+        r"\bcss\b",
+        r"\bstyl(?:e|es|ing)\b",
+        r"\bresponsive\b",
+        r"\bmock-?ups?\b",
+        r"\bwireframes?\b",
+        r"\buser interface\b",
+        r"\bdesign\b.*\binterface\b",
+        r"\bforms?\b",
+    ),
+    "database": _rx(
+        r"\bschemas?\b",
+        r"\bdatabases?\b",
+        r"\bdb\b",
+        r"\bsql\b",
+        r"\bpostgres(?:ql)?\b",
+        r"\bmysql\b",
+        r"\bsqlite\b",
+        r"\bmongo(?:db)?\b",
+        r"\btables?\b",
+        r"\bdata ?models?\b",
+        r"\bmigrations?\b",
+        r"\borm\b",
+        r"\bquer(?:y|ies)\b",
+        r"\bindex(?:es)?\b",
+    ),
+    "devops": _rx(
+        r"\bdocker\w*\b",
+        r"\bcontaineri[sz]e\b",
+        r"\bcontainers?\b",
+        r"\bdeploy\w*\b",
+        r"\bkubernetes\b",
+        r"\bk8s\b",
+        r"\bci\s*/\s*cd\b",
+        r"\bci\b",
+        r"\bpipelines?\b",
+        r"\bhelm\b",
+        r"\bterraform\b",
+        r"\binfrastructure\b",
+        r"\bgithub actions\b",
+        r"\bnginx\b",
+        r"\bhosting\b",
+    ),
+}
+
+
+def _agent_hints(task: str) -> tuple[str, ...]:
+    return tuple(name for name in AGENT_NAMES if _any(_AGENT_HINTS[name], task))
+
+
+def _session_ref(text: str) -> str | None:
+    m = _SESSION_RE.search(text)
+    return m.group(0).lower() if m else None
+
+
+def _create_project(rest: str) -> Intent:
+    """Pull an optional name and description out of what follows "project"."""
+    rest = rest.strip(" \t:,;.-–—")
+    name: str | None = None
+    named = _NAMED_RE.match(rest)
+    bare = None if named or _DESCRIPTION_LEAD.match(rest) else _BARE_NAME_RE.match(rest)
+    m = named or bare
+    if m:
+        name = (m.group("quoted") or m.group("word")).strip()
+        rest = m.group("rest")
+    rest = rest.strip()
+    while True:  # ": an online store", "for a todo REST API", "that is a blog"
+        j = _DESCRIPTION_JOINERS.match(rest)
+        if not j or not j.group(0):
+            break
+        rest = rest[j.end() :].strip()
+    return Intent(IntentKind.CREATE_PROJECT, name=name or None, description=rest or None)
+
+
+def _route_command(text: str, ref: str | None) -> Intent:
+    command, _, arg = text[1:].partition(" ")
+    kind = _COMMANDS.get(command.lower().split("@")[0], IntentKind.UNKNOWN)
+    arg = arg.strip()
+    if kind is IntentKind.CREATE_PROJECT:
+        return _create_project(arg)
+    if kind is IntentKind.RUN_TASK:
+        return Intent(kind, task=arg, agents=_agent_hints(arg)) if arg else Intent(IntentKind.HELP)
+    if kind in (IntentKind.STATUS, IntentKind.FILES):
+        return Intent(kind, session_ref=ref)
+    return Intent(kind)
+
+
+def route(text: str) -> Intent:
+    """Map one WhatsApp message to an Intent. Case-, punctuation- and emoji-insensitive."""
+    cleaned = _clean(text)
+    ref = _session_ref(cleaned)
+    if not cleaned:
+        return Intent(IntentKind.UNKNOWN)
+    # 1. Slash commands: exact, no guessing.
+    if text.strip().startswith("/"):
+        return _route_command(text.strip(), ref)
+    # 2. A bare greeting; a greeting followed by a request is handled as the request.
+    if _GREETING_RE.fullmatch(cleaned):
+        return Intent(IntentKind.GREETING)
+    core = _strip_lead_in(cleaned)
+    # 3. Questions about the bot itself come before anything that could read as a task.
+    if _any(_HELP, core):
+        return Intent(IntentKind.HELP)
+    if _any(_AGENTS, core):
+        return Intent(IntentKind.AGENTS)
+    # 4. Status and files before tasks: "show me the code" is not "write code".
+    if _any(_STATUS, core):
+        return Intent(IntentKind.STATUS, session_ref=ref)
+    if _any(_FILES, core):
+        return Intent(IntentKind.FILES, session_ref=ref)
+    if _any(_LIST_PROJECTS, core):
+        return Intent(IntentKind.LIST_PROJECTS)
+    # 5. Project creation before tasks: both start with "create".
+    created = _CREATE_PROJECT_RE.match(core)
+    if created:
+        first_word = (created.group("rest").split() or [""])[0].lower()
+        if first_word not in _NOT_A_NAME:
+            return _create_project(created.group("rest"))
+    # 6. Anything phrased as work is a coding task.
+    if _TASK_RE.match(core) or _WANT_RE.match(core):
+        return Intent(IntentKind.RUN_TASK, task=core, agents=_agent_hints(core))
+    # 7. A bare session id asks about that session.
+    if ref is not None and core.lower() == ref:
+        return Intent(IntentKind.STATUS, session_ref=ref)
+    return Intent(IntentKind.UNKNOWN)

@@ -1,0 +1,80 @@
+"""Conversation state per user, per the seed: conversation:{phone} (encrypted at rest, 24 h
+TTL refreshed on activity), user:{phone}:projects and project:{id}:users."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from wacoder import keys
+from wacoder.crypto import InvalidToken, StateCipher
+
+# The seed's memory window: the last 10 exchanges (a user message and the bot's answer each).
+MEMORY_EXCHANGES = 10
+
+
+@dataclass
+class Project:
+    project_id: str
+    name: str
+
+
+@dataclass
+class ConversationState:
+    phone: str
+    active_project: Project | None = None
+    last_session: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    preferences: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    last_activity: float = field(default_factory=time.time)
+
+    def remember(self, user_text: str, reply: str) -> None:
+        now = time.time()
+        self.history.append({"role": "user", "text": user_text, "ts": now})
+        self.history.append({"role": "assistant", "text": reply, "ts": now})
+        self.history = self.history[-2 * MEMORY_EXCHANGES :]
+        self.last_activity = now
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str) -> ConversationState:
+        data = json.loads(raw)
+        project = data.pop("active_project", None)
+        return cls(active_project=Project(**project) if project else None, **data)
+
+
+class StateStore:
+    def __init__(self, redis: aioredis.Redis, cipher: StateCipher) -> None:
+        self.redis = redis
+        self.cipher = cipher
+
+    async def load(self, phone: str) -> ConversationState:
+        raw = await self.redis.get(keys.conversation(phone))
+        if raw is None:
+            return ConversationState(phone=phone)
+        try:
+            return ConversationState.from_json(self.cipher.decrypt(raw))
+        except InvalidToken:
+            # Written under another key (the key was rotated): start afresh rather than fail.
+            return ConversationState(phone=phone)
+
+    def save(self, pipe: aioredis.client.Pipeline, state: ConversationState) -> None:
+        """Queues the write on `pipe`, so it commits atomically with the replies it produced."""
+        pipe.set(keys.conversation(state.phone), self.cipher.encrypt(state.to_json()), ex=keys.CONVERSATION_TTL_S)
+
+    async def clear(self, phone: str) -> None:
+        await self.redis.delete(keys.conversation(phone))
+
+    @staticmethod
+    def link_project(pipe: aioredis.client.Pipeline, phone: str, project_id: str) -> None:
+        """The seed's two-way index: user:{phone}:projects (newest first) and project:{id}:users."""
+        pipe.lrem(keys.user_projects(phone), 0, project_id)
+        pipe.lpush(keys.user_projects(phone), project_id)
+        pipe.sadd(keys.project_users(project_id), phone)

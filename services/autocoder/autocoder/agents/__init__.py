@@ -1,0 +1,1 @@
+"""The six AutoCoder agents and how a task picks them."""

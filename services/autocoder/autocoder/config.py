@@ -1,0 +1,33 @@
+"""AutoCoder's own settings, beside the shared ones.
+
+The shared `wacoder.settings.Settings` carries what every service reads (host, port, API key,
+LLM). What only this server needs lives here, read from the same environment / `.env`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VERSION = "0.1.0"
+
+
+class AutoCoderConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOCODER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Projects, the session index and the signing key live here (relative to the cwd).
+    data_dir: Path = Path(".run/autocoder")
+    # Base of download URLs as clients reach us (behind a proxy or ingress); unset: http://host:port.
+    public_url: str | None = None
+    # HMAC key for download URLs; unset: a random key persisted in the data dir.
+    signing_key: SecretStr | None = None
+    url_ttl_s: int = 3600
+    # The tester agent's sandbox: wall clock and address-space limit of one pytest run.
+    test_timeout_s: float = 60.0
+    test_memory_mb: int = 2048
+    # Seconds uvicorn waits for open streams (MCP SSE) before it closes them on shutdown.
+    shutdown_grace_s: float = 3.0

@@ -1,0 +1,147 @@
+"""Runs a session's agents in the background and records what happens.
+
+`execute_coding_task` only creates the session and calls `Pipeline.start`; the agents then run
+in an asyncio task, one after another in pipeline order, and every step is written to the
+session (status, per-agent status, progress, numbered events) so `get_session_details` can be
+polled while it runs. Sessions of one project run one at a time: they share its directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+from autocoder.agents.base import AgentContext, AgentOutput, ProjectSpec
+from autocoder.agents.builtin import GENERATORS
+from autocoder.agents.llm import LLMGenerator
+from autocoder.config import AutoCoderConfig
+from autocoder.sandbox import run_pytest
+from autocoder.storage import Project, Session, Store, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(self, store: Store, config: AutoCoderConfig, llm: LLMGenerator | None) -> None:
+        self.store = store
+        self.config = config
+        self.llm = llm
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._project_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def start(self, session: Session) -> None:
+        task = asyncio.create_task(self._run(session), name=f"session-{session.session_id}")
+        # The loop holds only weak references to tasks: keep one until it is done.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, session: Session) -> None:
+        project = self.store.projects[session.project_id]
+        async with self._project_locks[project.project_id]:
+            session.status = "running"
+            self.store.add_event(session, f"session started: {', '.join(session.agents)}")
+            log.info("session started", extra={"session_id": session.session_id, "agents": session.agents})
+            try:
+                await self._run_agents(project, session)
+            except asyncio.CancelledError:
+                self._finish(session, "failed", "cancelled: the AutoCoder server is shutting down")
+                raise
+            except Exception as exc:  # any agent's failure ends the session, and it says why
+                log.exception("session failed", extra={"session_id": session.session_id})
+                self._finish(session, "failed", f"{type(exc).__name__}: {exc}")
+
+    def _spec_for(self, project: Project, session: Session) -> ProjectSpec:
+        # A later session without the developer ("write tests", "add a Dockerfile") works on
+        # the code an earlier one generated, so it reuses that session's spec.
+        if project.spec and "developer" not in session.agents:
+            return ProjectSpec.from_dict(project.spec)
+        return ProjectSpec.from_task(project.name, f"{session.task} {project.description}")
+
+    async def _run_agents(self, project: Project, session: Session) -> None:
+        spec = self._spec_for(project, session)
+        total = len(session.agents)
+        tests_ok = True
+        for index, agent in enumerate(session.agents):
+            session.agent_status[agent] = "running"
+            self.store.add_event(session, f"{agent} started", agent, "running")
+            ctx = AgentContext(
+                project_id=project.project_id,
+                project_name=project.name,
+                project_description=project.description,
+                task=session.task,
+                agents=session.agents,
+                spec=spec,
+                existing_files=[f.path for f in self.store.list_files(project.project_id)],
+                has_generated_app=bool(project.spec)
+                and self.store.stat(project.project_id, "app/main.py") is not None,
+            )
+            output, builtin = await self._generate(agent, ctx, session)
+            for generated in output.files:
+                stored = self.store.write_file(project.project_id, generated.path, generated.content)
+                if stored.path not in session.files:
+                    session.files.append(stored.path)
+            if agent == "developer" and builtin:
+                project.spec = spec.as_dict()
+            message = output.message
+            status = "done"
+            if agent == "tester":
+                results = await run_pytest(
+                    self.store.project_dir(project.project_id),
+                    self.config.test_timeout_s,
+                    self.config.test_memory_mb,
+                )
+                session.test_results = results.as_dict()
+                tests_ok = results.failed == 0 and results.errors == 0 and results.passed > 0
+                status = "done" if tests_ok else "failed"
+                message = (
+                    f"{message}; pytest: {results.passed} passed, {results.failed} failed, "
+                    f"{results.errors} errors"
+                )
+            session.agent_status[agent] = status
+            session.progress = round((index + 1) * 100 / total)
+            self.store.add_event(session, f"{agent} {status}: {message}", agent, status)
+        names = ", ".join(session.files[:8]) + (" …" if len(session.files) > 8 else "")
+        if tests_ok:
+            self._finish(session, "succeeded", f"{len(session.files)} file(s) written: {names}")
+        else:
+            self._finish(
+                session, "failed", f"tests did not pass; {len(session.files)} file(s) written: {names}"
+            )
+
+    async def _generate(self, agent: str, ctx: AgentContext, session: Session) -> tuple[AgentOutput, bool]:
+        """(output, True when the built-in generator made it)."""
+        if self.llm is not None:
+            try:
+                plan = self.store.read_text(ctx.project_id, "PLAN.md")
+                return await self.llm.generate(agent, ctx, plan), False
+            except Exception as exc:  # any LLM trouble: fall back, the session still delivers
+                log.warning(
+                    "llm failed, using the built-in generator",
+                    extra={"agent": agent, "session_id": session.session_id, "error": repr(exc)[:300]},
+                )
+                self.store.add_event(
+                    session, f"{agent}: LLM unavailable, using the built-in generator", agent, "running"
+                )
+        return GENERATORS[agent](ctx), True
+
+    def _finish(self, session: Session, status: str, summary: str) -> None:
+        session.status = status
+        session.summary = summary
+        session.finished_at = utc_now()
+        for name, agent_status in session.agent_status.items():
+            if agent_status == "pending":
+                session.agent_status[name] = "skipped"
+            elif agent_status == "running":
+                session.agent_status[name] = "failed"
+        if status == "succeeded":
+            session.progress = 100
+        self.store.add_event(session, f"session {status}: {summary}")
+        log.info("session finished", extra={"session_id": session.session_id, "status": status})

@@ -1,0 +1,241 @@
+"""The six MCP tools (schemas in docs/adr/0002-autocoder-tool-schemas.md).
+
+Every tool answers a JSON object described by a pydantic model, so clients get an
+`outputSchema` and `structuredContent`. The caller is whoever the request's `_meta.caller`
+names (the mcp-bridge sends a phone-number hash); every lookup is scoped to it, and an id that
+exists but belongs to someone else gets the same error as one that does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any, Literal
+
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from autocoder.agents.selection import PIPELINE_ORDER, UnknownAgentError, order_agents, select_agents
+from autocoder.config import VERSION
+from autocoder.pipeline import Pipeline
+from autocoder.signing import UrlSigner
+from autocoder.storage import NotFoundError, Store
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+MAX_TASK_CHARS = 4000
+
+SessionStatus = Literal["queued", "running", "succeeded", "failed"]
+AgentStatus = Literal["pending", "running", "done", "failed", "skipped"]
+
+
+class ProjectCreated(BaseModel):
+    project_id: str
+    name: str
+    description: str
+    created_at: str
+
+
+class ProjectSummary(ProjectCreated):
+    status: str = Field(description='"new" before any session, else the latest session\'s status')
+    sessions: list[str] = Field(description="the project's session ids, oldest first")
+
+
+class ProjectList(BaseModel):
+    projects: list[ProjectSummary]
+
+
+class TaskQueued(BaseModel):
+    session_id: str
+    project_id: str
+    status: Literal["queued"]
+    agents: list[str] = Field(description="the agents that will run, in pipeline order")
+
+
+class SessionEvent(BaseModel):
+    seq: int
+    ts: str
+    status: SessionStatus
+    agent: str | None
+    agent_status: AgentStatus | None
+    message: str
+    progress: int
+
+
+class TestResults(BaseModel):
+    passed: int
+    failed: int
+    errors: int
+    total: int
+    output_tail: str
+
+
+class SessionDetails(BaseModel):
+    session_id: str
+    project_id: str
+    task: str
+    status: SessionStatus
+    progress: int = Field(ge=0, le=100)
+    agents: dict[str, AgentStatus]
+    events: list[SessionEvent]
+    test_results: TestResults | None
+    summary: str
+    created_at: str
+    finished_at: str | None
+
+
+class SessionFile(BaseModel):
+    name: str
+    path: str
+    size: int
+    download_url: str
+    expires_at: int = Field(description="unix seconds after which download_url stops working")
+
+
+class SessionFiles(BaseModel):
+    session_id: str
+    files: list[SessionFile]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    agents: list[str]
+    llm: Literal["openai", "builtin"]
+    active_sessions: int
+    uptime_s: float
+
+
+def caller_of(ctx: Context[Any, Any, Any]) -> str:
+    meta = ctx.request_context.meta
+    caller = getattr(meta, "caller", None) if meta is not None else None
+    return caller if isinstance(caller, str) and caller else ANONYMOUS
+
+
+def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSigner, llm_kind: str) -> None:
+    started = time.monotonic()
+
+    def not_found(exc: NotFoundError) -> ToolError:
+        return ToolError(str(exc))
+
+    @mcp.tool()
+    def create_project(
+        name: Annotated[str, Field(min_length=1, max_length=100, description="project name")],
+        ctx: Context[Any, Any, Any],
+        description: Annotated[str, Field(max_length=2000, description="what the project is for")] = "",
+    ) -> ProjectCreated:
+        """Create a new, empty AutoCoder project owned by the caller."""
+        project = store.create_project(caller_of(ctx), name.strip(), description.strip())
+        log.info("project created", extra={"project_id": project.project_id, "caller": project.owner})
+        return ProjectCreated(
+            project_id=project.project_id,
+            name=project.name,
+            description=project.description,
+            created_at=project.created_at,
+        )
+
+    @mcp.tool()
+    def list_projects(ctx: Context[Any, Any, Any]) -> ProjectList:
+        """List the caller's projects, oldest first, with their status and session ids."""
+        return ProjectList(
+            projects=[
+                ProjectSummary(
+                    project_id=p.project_id,
+                    name=p.name,
+                    description=p.description,
+                    created_at=p.created_at,
+                    status=store.project_status(p),
+                    sessions=list(p.sessions),
+                )
+                for p in store.projects_of(caller_of(ctx))
+            ]
+        )
+
+    @mcp.tool()
+    def execute_coding_task(
+        project_id: str,
+        task: Annotated[str, Field(min_length=1, max_length=MAX_TASK_CHARS, description="what to build")],
+        ctx: Context[Any, Any, Any],
+        agents: Annotated[
+            list[str] | None,
+            Field(description=f"agents to run, any of {list(PIPELINE_ORDER)}; omitted: chosen from the task"),
+        ] = None,
+    ) -> TaskQueued:
+        """Start a coding session on a project. Returns at once (status "queued"); the agents run in
+        the background in the order planner, database, developer, uiux, devops, tester. Poll
+        get_session_details for progress."""
+        try:
+            project = store.project(caller_of(ctx), project_id)
+        except NotFoundError as exc:
+            raise not_found(exc) from None
+        try:
+            chosen = order_agents(agents) if agents else select_agents(task)
+        except UnknownAgentError as exc:
+            raise ToolError(str(exc)) from None
+        session = store.create_session(project, task.strip(), chosen)
+        store.add_event(session, f"session queued: {', '.join(chosen)}")
+        pipeline.start(session)
+        return TaskQueued(
+            session_id=session.session_id, project_id=project.project_id, status="queued", agents=chosen
+        )
+
+    @mcp.tool()
+    def get_session_details(
+        session_id: str,
+        ctx: Context[Any, Any, Any],
+        since_event: Annotated[int, Field(ge=0, description="only events with a greater seq")] = 0,
+    ) -> SessionDetails:
+        """Status, progress, per-agent status, events, test results and summary of a session."""
+        try:
+            s = store.session(caller_of(ctx), session_id)
+        except NotFoundError as exc:
+            raise not_found(exc) from None
+        return SessionDetails(
+            session_id=s.session_id,
+            project_id=s.project_id,
+            task=s.task,
+            status=s.status,  # type: ignore[arg-type]
+            progress=s.progress,
+            agents=s.agent_status,  # type: ignore[arg-type]
+            events=[
+                SessionEvent.model_validate(e, from_attributes=True) for e in s.events if e.seq > since_event
+            ],
+            test_results=TestResults(**s.test_results) if s.test_results else None,
+            summary=s.summary,
+            created_at=s.created_at,
+            finished_at=s.finished_at,
+        )
+
+    @mcp.tool()
+    def get_session_files(session_id: str, ctx: Context[Any, Any, Any]) -> SessionFiles:
+        """The files a session wrote, each with a signed download URL that expires."""
+        try:
+            s = store.session(caller_of(ctx), session_id)
+        except NotFoundError as exc:
+            raise not_found(exc) from None
+        files = []
+        for path in s.files:
+            stat = store.stat(s.project_id, path)
+            if stat is None:
+                continue
+            url, exp = signer.sign(s.project_id, path)
+            files.append(
+                SessionFile(
+                    name=path.rsplit("/", 1)[-1], path=path, size=stat.size, download_url=url, expires_at=exp
+                )
+            )
+        return SessionFiles(session_id=s.session_id, files=files)
+
+    @mcp.tool()
+    def check_system_health() -> Health:
+        """Whether AutoCoder is up, its agents, which LLM backs them, and how busy it is."""
+        return Health(
+            status="ok",
+            version=VERSION,
+            agents=list(PIPELINE_ORDER),
+            llm=llm_kind,  # type: ignore[arg-type]
+            active_sessions=store.active_sessions(),
+            uptime_s=round(time.monotonic() - started, 1),
+        )

@@ -1,0 +1,102 @@
+"""The bridge's Redis caches of tool results, shared by every replica.
+
+Which results are cached, for how long, and what invalidates them:
+  - list_projects, per caller, 5 min; create_project and execute_coding_task drop it.
+  - check_system_health, one for everybody, 1 min.
+  - get_session_files, per caller and session, 10 min, but only once the bridge has seen the
+    session end (status succeeded/failed from get_session_details, through CallTool or
+    WatchSession): while a session runs its files change, and a stale list would hide new
+    files. The TTL is also cut short so a cached download_url is never served past its
+    expires_at.
+A cache is an optimisation: when Redis fails, the call goes to AutoCoder as if nothing was cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from mcp_bridge import keys
+
+log = logging.getLogger("mcp_bridge.cache")
+
+WRITE_TOOLS = frozenset({"create_project", "execute_coding_task"})
+ENDED_STATUSES = frozenset({"succeeded", "failed"})
+# Do not serve a download link that is about to expire.
+_URL_EXPIRY_MARGIN_S = 60
+
+
+@dataclass(frozen=True)
+class CacheSlot:
+    key: str
+    ttl_s: int
+
+
+class ResultCache:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def slot_for(self, name: str, arguments: dict[str, Any], caller: str) -> CacheSlot | None:
+        """Where this call's result is cached, or None when it must not be."""
+        if name == "list_projects":
+            return CacheSlot(keys.projects_cache(caller), keys.PROJECTS_TTL_S)
+        if name == "check_system_health":
+            return CacheSlot(keys.health_cache(), keys.HEALTH_TTL_S)
+        if name == "get_session_files":
+            session_id = str(arguments.get("session_id", ""))
+            if session_id and await self._safe(self.redis.exists(keys.session_ended(caller, session_id))):
+                return CacheSlot(keys.files_cache(caller, session_id), keys.FILES_TTL_S)
+        return None
+
+    async def get(self, slot: CacheSlot) -> str | None:
+        value = await self._safe(self.redis.get(slot.key))
+        return value if isinstance(value, str) else None
+
+    async def put(self, slot: CacheSlot, result: Any) -> None:
+        ttl = min(slot.ttl_s, _url_lifetime_s(result))
+        if ttl > 0:
+            await self._safe(self.redis.set(slot.key, json.dumps(result), ex=ttl))
+
+    async def after_call(self, name: str, arguments: dict[str, Any], caller: str, result: Any) -> None:
+        """Invalidation and bookkeeping once a call has been made (whatever its outcome)."""
+        if name in WRITE_TOOLS:
+            await self._safe(self.redis.delete(keys.projects_cache(caller)))
+        elif name == "get_session_details" and isinstance(result, dict):
+            await self.note_session_status(caller, str(arguments.get("session_id", "")), result.get("status"))
+
+    async def note_session_status(self, caller: str, session_id: str, status: Any) -> None:
+        if session_id and status in ENDED_STATUSES:
+            await self._safe(self.redis.set(keys.session_ended(caller, session_id), str(status),
+                                            ex=keys.SESSION_ENDED_TTL_S))
+
+    async def _safe(self, op: Any) -> Any:
+        try:
+            return await op
+        except (RedisError, OSError) as exc:
+            log.warning("redis cache unavailable, going without", extra={"error": type(exc).__name__})
+            return None
+
+
+def _url_lifetime_s(result: Any) -> int:
+    """Seconds until the first download_url in a files result expires (a large number if none)."""
+    lifetime = 10**9
+    files = result.get("files") if isinstance(result, dict) else None
+    for item in files or []:
+        expires_at = item.get("expires_at") if isinstance(item, dict) else None
+        if not isinstance(expires_at, str):
+            continue
+        try:
+            expires = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        left = int((expires - datetime.now(UTC)).total_seconds()) - _URL_EXPIRY_MARGIN_S
+        lifetime = min(lifetime, left)
+    return lifetime

@@ -1,0 +1,60 @@
+"""mcp-bridge: `python -m mcp_bridge.main` serves McpBridgeService on MCP_BRIDGE_ADDR.
+
+It starts and reports SERVING even while AutoCoder is down: the MCP session is made on the
+first call and remade whenever it drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from wacoder.grpc import serve
+from wacoder.logs import setup_logging
+from wacoder.redis import connect
+from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
+
+from mcp_bridge.breaker import CircuitBreaker
+from mcp_bridge.cache import ResultCache
+from mcp_bridge.mcp_session import McpSession
+from mcp_bridge.servicer import McpBridgeServicer
+from mcp_bridge.settings import BridgeSettings
+from mcp_bridge.tool_calls import ToolCaller
+
+log = logging.getLogger("mcp_bridge.main")
+SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["McpBridgeService"].full_name
+
+
+async def run(settings: BridgeSettings) -> None:
+    redis = connect(settings)
+    api_key = settings.autocoder_api_key.get_secret_value() if settings.autocoder_api_key else None
+    session = McpSession(settings.autocoder_mcp_url, api_key=api_key,
+                         connect_timeout_s=min(settings.mcp_connect_timeout_s, settings.mcp_call_timeout_s),
+                         call_timeout_s=settings.mcp_call_timeout_s)
+    breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_timeout_s)
+    tools = ToolCaller(session, breaker, timeout_s=settings.mcp_call_timeout_s, retries=settings.mcp_retries,
+                       backoff_base_s=settings.mcp_backoff_base_s, retry_budget_s=settings.mcp_retry_budget_s)
+    servicer = McpBridgeServicer(session, breaker, tools, ResultCache(redis),
+                                 watch_poll_interval_s=settings.watch_poll_interval_s,
+                                 watch_max_outage_s=settings.watch_max_outage_s)
+    log.info("mcp-bridge starting", extra={"autocoder_url": settings.autocoder_mcp_url})
+    try:
+        # serve() returns once in-flight calls have drained after SIGTERM; watches are told to
+        # end first (on_stop), then the MCP session and Redis close.
+        await serve(settings.mcp_bridge_addr,
+                    [(bridge_pb2_grpc.add_McpBridgeServiceServicer_to_server, servicer)],  # type: ignore[list-item]
+                    [SERVICE_NAME], on_stop=servicer.stop)
+    finally:
+        await session.close()
+        await redis.aclose()
+        log.info("mcp-bridge stopped")
+
+
+def main() -> None:
+    settings = BridgeSettings()
+    setup_logging(settings, "mcp-bridge")
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`python -m notifier.main`: the gRPC Send endpoint and the outbox worker in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from wacoder.crypto import StateCipher
+from wacoder.grpc import serve
+from wacoder.logs import setup_logging
+from wacoder.redis import connect
+from wacoder.settings import get_settings
+from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
+
+from notifier.outbox import Outbox
+from notifier.rate_limit import SendRateLimiter
+from notifier.service import NotifierService
+from notifier.twilio_sender import TwilioSender
+from notifier.worker import OutboxWorker
+
+log = logging.getLogger("notifier.main")
+
+SERVICE_NAME = notifier_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_name
+
+
+async def run() -> None:
+    settings = get_settings()
+    setup_logging(settings, "notifier")
+    redis = connect(settings)
+    cipher = StateCipher.from_settings(settings)
+    outbox = Outbox(redis, cipher, settings)
+    sender = TwilioSender(settings)
+    limiter = SendRateLimiter(redis, settings.twilio_whatsapp_number, settings.notifier_send_rate_per_s)
+    worker = OutboxWorker(redis, outbox, sender, limiter, settings)
+    worker_task = asyncio.create_task(worker.run(), name="outbox-worker")
+    log.info("notifier starting", extra={"consumer": worker.consumer})
+
+    async def on_stop() -> None:
+        # Sends already at Twilio get recorded; everything else stays pending for the restart.
+        await worker.stop()
+        worker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker_task
+
+    try:
+        await serve(settings.notifier_addr,
+                    [(notifier_pb2_grpc.add_NotifierServiceServicer_to_server, NotifierService(outbox))],
+                    [SERVICE_NAME], on_stop=on_stop)
+    finally:
+        await sender.close()
+        await redis.aclose()
+        log.info("notifier stopped")
+
+
+def main() -> None:
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

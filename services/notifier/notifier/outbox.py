@@ -1,0 +1,206 @@
+"""The durable outbox: a Redis Stream of messages to send, one entry per <= 1,600-character
+part, bodies encrypted at rest.
+
+Everything that changes the outbox together with something else happens in one atomic step
+(a Lua script or MULTI), so a crash between two writes cannot lose or duplicate a message:
+- enqueue: idempotency marker + re-queue of the recipient's parked messages + XADD of parts;
+- accepted: delivery record (`queued`) + sent marker + XACK/XDEL;
+- dead letter: XADD to the dead-letter stream + XACK/XDEL;
+- park (63016): RPUSH to the recipient's parked list + counter + XACK/XDEL.
+Acknowledged entries are deleted, so the stream holds only what is still to be sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from wacoder import delivery, keys
+from wacoder.crypto import StateCipher
+from wacoder.phones import phone_hash, to_whatsapp
+from wacoder.settings import Settings
+
+log = logging.getLogger("notifier.outbox")
+
+MAX_BODY = 1600
+# Dead letters are meant to be looked at and replayed, not to expire; a cap keeps a storm of
+# failures from filling Redis.
+DEAD_LETTER_MAXLEN = 100_000
+IDEMPOTENCY_TTL_S = keys.DAY_S
+
+
+def sent_marker(outbox_id: str) -> str:
+    """Set atomically with the XACK once Twilio accepted the entry: a consumer that claimed
+    the same entry meanwhile (the first one looked dead) sees it and does not send again."""
+    return f"outbox:sent:{outbox_id}"
+
+
+# KEYS[1] outbound_seen, KEYS[2] outbox stream, KEYS[3] the recipient's parked list.
+# ARGV[1] ttl, ARGV[2] number of parts, ARGV[3] fields per part, then the parts' field/value pairs.
+# Returns {duplicate (0/1), comma-separated outbox ids}.
+_ENQUEUE = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return {1, existing} end
+-- Messages parked while the user was outside the 24-hour window go first: a new send to
+-- them means they wrote again, so the window is open.
+local parked = redis.call('LRANGE', KEYS[3], 0, -1)
+for _, raw in ipairs(parked) do
+  local fields = cjson.decode(raw)
+  local args = {}
+  for k, v in pairs(fields) do args[#args + 1] = k; args[#args + 1] = tostring(v) end
+  redis.call('XADD', KEYS[2], '*', unpack(args))
+end
+redis.call('DEL', KEYS[3])
+local ids = {}
+local n = tonumber(ARGV[2])
+local width = tonumber(ARGV[3]) * 2
+local at = 4
+for i = 1, n do
+  local args = {}
+  for j = 0, width - 1 do args[#args + 1] = ARGV[at + j] end
+  at = at + width
+  ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', unpack(args))
+end
+local joined = table.concat(ids, ',')
+redis.call('SET', KEYS[1], joined, 'EX', tonumber(ARGV[1]))
+return {0, joined}
+"""
+
+_FIELDS = ("v", "to", "to_hash", "body", "media", "key", "part", "queued_at")
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One stream entry as stored: `to`, `body` and `media` are ciphertext."""
+
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def to_hash(self) -> str:
+        return self.fields.get("to_hash", "")
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.fields.get("key", "")
+
+    def payload(self) -> str:
+        """The entry as JSON (still encrypted), for the delivery record, parking, dead letters."""
+        return json.dumps({k: v for k, v in self.fields.items() if k in _FIELDS}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Message:
+    to: str
+    body: str
+    media_urls: list[str]
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    duplicate: bool
+    outbox_ids: list[str]
+
+
+def split_body(body: str) -> list[str]:
+    """Parts of at most 1,600 characters as Twilio counts them (UTF-16 units), numbered
+    "(1/3)", code fences balanced; a short body is one part, unchanged."""
+    try:
+        from wacoder.whatsapp_text import split_message
+    except ImportError:  # pragma: no cover - only while the shared splitter is not installed
+        log.warning("wacoder.whatsapp_text is missing; splitting without numbering")
+        return [body[i:i + MAX_BODY] for i in range(0, len(body), MAX_BODY)] or [body]
+    return split_message(body, MAX_BODY)
+
+
+class Outbox:
+    def __init__(self, redis: aioredis.Redis, cipher: StateCipher, settings: Settings) -> None:
+        self.redis = redis
+        self.cipher = cipher
+        self.salt = settings.phone_hash_salt.get_secret_value()
+        self._enqueue = redis.register_script(_ENQUEUE)
+
+    def recipient_hash(self, to: str) -> str:
+        return phone_hash(to, self.salt)
+
+    async def enqueue(self, to: str, body: str, idempotency_key: str,
+                      media_urls: Sequence[str] = ()) -> EnqueueResult:
+        """Stores the message (split into parts) atomically; a repeat key is a duplicate.
+
+        Media go with the first part, so a picture and its caption arrive together.
+        """
+        address = to_whatsapp(to)
+        to_hash = self.recipient_hash(address)
+        parts = split_body(body) if body else [""]
+        now = f"{time.time():.3f}"
+        enc_to = self.cipher.encrypt(address)
+        argv: list[str] = [str(IDEMPOTENCY_TTL_S), str(len(parts)), str(len(_FIELDS))]
+        for index, part in enumerate(parts):
+            media = json.dumps(list(media_urls)) if media_urls and index == 0 else ""
+            values = {
+                "v": "1", "to": enc_to, "to_hash": to_hash, "body": self.cipher.encrypt(part),
+                "media": self.cipher.encrypt(media) if media else "", "key": idempotency_key,
+                "part": f"{index + 1}/{len(parts)}", "queued_at": now,
+            }
+            for name in _FIELDS:
+                argv += [name, values[name]]
+        script_keys = [keys.outbound_seen(idempotency_key), keys.OUTBOX_STREAM, delivery.parked(to_hash)]
+        duplicate, joined = await self._enqueue(keys=script_keys, args=argv)
+        return EnqueueResult(bool(int(duplicate)), [i for i in str(joined).split(",") if i])
+
+    def decrypt(self, entry: OutboxEntry) -> Message:
+        """Raises crypto.InvalidToken when the entry was written under another key."""
+        f = entry.fields
+        media = self.cipher.decrypt(f["media"]) if f.get("media") else ""
+        body = self.cipher.decrypt(f["body"]) if f.get("body") else ""
+        urls = json.loads(media) if media else []
+        return Message(to=self.cipher.decrypt(f["to"]), body=body, media_urls=urls)
+
+    async def already_sent(self, entry: OutboxEntry) -> bool:
+        return bool(await self.redis.exists(sent_marker(entry.id)))
+
+    async def mark_accepted(self, entry: OutboxEntry, sid: str) -> None:
+        """Twilio accepted the entry: record it and acknowledge it in one atomic round trip."""
+        script_keys, argv = delivery.record_accepted_args(sid, {
+            "to_hash": entry.to_hash, "idempotency_key": entry.idempotency_key, "outbox_id": entry.id,
+            "payload": entry.payload(),
+        })
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.eval(delivery.APPLY_SCRIPT, len(script_keys), *script_keys, *argv)
+            pipe.set(sent_marker(entry.id), sid, ex=keys.DAY_S)
+            pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
+            pipe.xdel(keys.OUTBOX_STREAM, entry.id)
+            await pipe.execute()
+
+    async def dead_letter(self, entry: OutboxEntry, reason: dict[str, str]) -> None:
+        """Gives up on the entry: keeps it (encrypted, phone hashed) with why, for a replay."""
+        record = {**reason, "outbox_id": entry.id, "to_hash": entry.to_hash,
+                  "idempotency_key": entry.idempotency_key, "payload": entry.payload(),
+                  "failed_at": f"{time.time():.3f}"}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.DEAD_LETTER_STREAM, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
+            pipe.xdel(keys.OUTBOX_STREAM, entry.id)
+            await pipe.execute()
+
+    async def park(self, entry: OutboxEntry) -> None:
+        """63016 at send time: keep it for when the user writes again, count it."""
+        parked = delivery.parked(entry.to_hash)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(parked, entry.payload())
+            pipe.expire(parked, delivery.PARKED_TTL_S)
+            pipe.incr(delivery.OUTSIDE_WINDOW_COUNTER)
+            pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
+            pipe.xdel(keys.OUTBOX_STREAM, entry.id)
+            await pipe.execute()
+
+    async def ack(self, entry: OutboxEntry) -> None:
+        """Drops an entry another consumer already got accepted (see `sent_marker`)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
+            pipe.xdel(keys.OUTBOX_STREAM, entry.id)
+            await pipe.execute()

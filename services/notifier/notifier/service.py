@@ -1,0 +1,39 @@
+"""The gRPC face of the notifier: `Send` stores a message in the outbox and returns."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+from redis.exceptions import RedisError
+from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
+
+from notifier.outbox import Outbox
+
+log = logging.getLogger("notifier.service")
+
+
+class NotifierService(notifier_pb2_grpc.NotifierServiceServicer):
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    async def Send(
+        self, request: notifier_pb2.SendRequest, context: grpc.aio.ServicerContext
+    ) -> notifier_pb2.SendResponse:
+        to = request.to.strip()
+        media = [url for url in request.media_urls if url.strip()]
+        if not to or not (request.body or media):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "to and body are required")
+        # Without a key there is nothing to de-duplicate on; every such call is a new message.
+        key = request.idempotency_key or f"anon:{uuid.uuid4()}"
+        try:
+            result = await self.outbox.enqueue(to, request.body, key, media)
+        except (RedisError, OSError) as exc:
+            log.warning("outbox unavailable", extra={"phone": to, "error": type(exc).__name__})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "outbox unavailable, retry later")
+        if result.duplicate:
+            log.info("duplicate send ignored", extra={"phone": to})
+        else:
+            log.info("queued", extra={"phone": to, "parts": len(result.outbox_ids)})
+        return notifier_pb2.SendResponse(duplicate=result.duplicate, outbox_ids=result.outbox_ids)

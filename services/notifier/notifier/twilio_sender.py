@@ -1,0 +1,146 @@
+"""Sending one message through Twilio's Messages REST API with the official `twilio` client,
+turning every outcome into a `SendOutcome` the outbox worker can act on.
+
+The client's HTTP layer is replaced by a subclass of `AsyncTwilioHttpClient` that
+- rewrites https://api.twilio.com to TWILIO_API_BASE_URL (a local simulator in dev/tests);
+- bounds every request with a timeout (the stock client leaves aiohttp's 5-minute default);
+- captures the response status and headers, because `TwilioRestException` does not carry
+  them and a 429's Retry-After is exactly what the retry policy needs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+from wacoder.settings import Settings
+
+from notifier.backoff import parse_retry_after
+
+TWILIO_API = "https://api.twilio.com"
+# The recipient is outside WhatsApp's 24-hour customer-service window.
+OUTSIDE_WINDOW = 63016
+
+
+@dataclass
+class _Captured:
+    """The raw response of the request made in the current task (see `_captured`)."""
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# One sender serves many concurrent sends; a context variable holding a per-call box lets
+# each send see the headers of its own response, not of whichever finished last.
+_captured: contextvars.ContextVar[_Captured | None] = contextvars.ContextVar("twilio_captured", default=None)
+
+
+class RewritingHttpClient(AsyncTwilioHttpClient):
+    def __init__(self, base_url: str, timeout_s: float = 15.0) -> None:
+        super().__init__(pool_connections=False, timeout=timeout_s)
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        # Our own session (created in the running loop), with a real ClientTimeout.
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    def rewrite(self, url: str) -> str:
+        if url.startswith(TWILIO_API):
+            return self.base_url + url[len(TWILIO_API):]
+        return url
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the base class's signature
+        allow_redirects: bool = False,
+    ) -> Response:
+        assert self.session is not None
+        basic_auth = aiohttp.BasicAuth(login=auth[0], password=auth[1]) if auth else None
+        async with self.session.request(
+            method.upper(),
+            self.rewrite(url),
+            params=params,  # type: ignore[arg-type]
+            data=data,
+            headers=headers,
+            auth=basic_auth,
+            timeout=aiohttp.ClientTimeout(total=timeout or self.timeout_s),
+            allow_redirects=allow_redirects,
+        ) as response:
+            text = await response.text()
+            box = _captured.get()
+            if box is not None:
+                box.status = response.status
+                box.headers = {k.lower(): v for k, v in response.headers.items()}
+            return Response(response.status, text, response.headers)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened to one attempt. Exactly one of: `sid` set (accepted), or an error."""
+
+    sid: str | None = None
+    status: int | None = None  # HTTP status, None for a connection error
+    error_code: int | None = None  # Twilio's error code
+    retry_after_s: float | None = None
+    detail: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.sid is not None
+
+    @property
+    def outside_window(self) -> bool:
+        return self.error_code == OUTSIDE_WINDOW
+
+    @property
+    def retryable(self) -> bool:
+        """429, 5xx and no answer at all are worth another try; any other 4xx will not change."""
+        if self.accepted:
+            return False
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+class TwilioSender:
+    def __init__(self, settings: Settings) -> None:
+        self.http = RewritingHttpClient(settings.twilio_api_base_url)
+        self.client = Client(settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(),
+                             http_client=self.http)
+        self.from_ = settings.twilio_whatsapp_number
+        self.status_callback = settings.public_base_url.rstrip("/") + "/webhook/status"
+
+    async def send(self, to: str, body: str, media_urls: Sequence[str] = ()) -> SendOutcome:
+        box = _Captured()
+        token = _captured.set(box)
+        kwargs: dict[str, Any] = {"to": to, "from_": self.from_, "status_callback": self.status_callback}
+        if body:
+            kwargs["body"] = body
+        if media_urls:
+            kwargs["media_url"] = list(media_urls)
+        try:
+            message = await self.client.messages.create_async(**kwargs)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            code = exc.code if isinstance(exc.code, int) else None
+            return SendOutcome(status=exc.status, error_code=code,
+                               retry_after_s=parse_retry_after(box.headers.get("retry-after")),
+                               detail=type(exc).__name__)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return SendOutcome(detail=type(exc).__name__)
+        finally:
+            _captured.reset(token)
+        return SendOutcome(sid=message.sid, status=box.status)
+
+    async def close(self) -> None:
+        await self.http.close()
+

@@ -1,0 +1,67 @@
+"""The webhook service: Twilio's front door. Wires settings, Redis, the gRPC channels and
+the routes, and serves them with uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from wacoder import grpc as wgrpc
+from wacoder.crypto import StateCipher
+from wacoder.inbox import Inbox
+from wacoder.logs import setup_logging
+from wacoder.redis import connect
+from wacoder.settings import Settings, get_settings
+from wacoder.v1 import agent_pb2_grpc
+from webhook.admission import Gate
+from webhook.handoff import Handoff
+from webhook.routes import Deps, router
+from webhook.signature import SignatureChecker
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = connect(settings)
+        channels = {
+            "agent": wgrpc.channel(settings.agent_addr),
+            "mcp-bridge": wgrpc.channel(settings.mcp_bridge_addr),
+            "notifier": wgrpc.channel(settings.notifier_addr),
+        }
+        app.state.deps = Deps(
+            settings=settings,
+            redis=redis,
+            signatures=SignatureChecker(settings.public_base_url, settings.twilio_auth_token.get_secret_value()),
+            gate=Gate(redis, settings),
+            handoff=Handoff(agent_pb2_grpc.AgentServiceStub(channels["agent"]),
+                            Inbox(redis, StateCipher.from_settings(settings), settings.phone_hash_salt.get_secret_value()),
+                            settings.grpc_fast_timeout_s),
+            channels=channels,
+        )
+        yield
+        for channel in channels.values():
+            await channel.close()
+        await redis.aclose()
+
+    app = FastAPI(
+        title="WhatsApp-Coder webhook",
+        description="Twilio WhatsApp webhooks in; everything else happens behind gRPC.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    setup_logging(settings, "webhook")
+    uvicorn.run(create_app(settings), host=settings.webhook_host, port=settings.webhook_port,
+                log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

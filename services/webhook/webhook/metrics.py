@@ -1,0 +1,19 @@
+"""Prometheus metrics of the webhook (scraped at GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "wacoder_webhook_messages_total",
+    "Inbound WhatsApp messages by outcome",
+    ["outcome"],  # accepted, duplicate, unauthorized, rate_limited, bad_signature, bad_request, unavailable
+)
+LATENCY = Histogram(
+    "wacoder_webhook_latency_seconds",
+    "Time to answer Twilio for an inbound message",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+STATUS_CALLBACKS = Counter(
+    "wacoder_webhook_status_callbacks_total", "Delivery status callbacks by status", ["status"]
+)

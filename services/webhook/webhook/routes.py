@@ -1,0 +1,121 @@
+"""The webhook's HTTP routes. Thin: each one checks, then calls the piece that does the work."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from wacoder import templates
+from wacoder.delivery import record_status
+from wacoder.phones import to_e164
+from wacoder.settings import Settings
+from wacoder.v1 import agent_pb2
+from webhook import twiml
+from webhook.admission import Admission, Gate
+from webhook.handoff import Handoff
+from webhook.health import check_all
+from webhook.metrics import LATENCY, REQUESTS, STATUS_CALLBACKS
+from webhook.signature import SignatureChecker
+
+log = logging.getLogger("webhook.routes")
+router = APIRouter()
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    redis: aioredis.Redis
+    signatures: SignatureChecker
+    gate: Gate
+    handoff: Handoff
+    channels: dict[str, grpc.aio.Channel]
+
+
+def _deps(request: Request) -> Deps:
+    return request.app.state.deps
+
+
+def _inbound(form: dict[str, str]) -> agent_pb2.InboundMessage:
+    media = []
+    for i in range(int(form.get("NumMedia", "0") or 0)):
+        if url := form.get(f"MediaUrl{i}"):
+            media.append(agent_pb2.Media(url=url, content_type=form.get(f"MediaContentType{i}", "")))
+    return agent_pb2.InboundMessage(
+        message_sid=form["MessageSid"], sender=form["From"], recipient=form.get("To", ""),
+        body=form.get("Body", ""), profile_name=form.get("ProfileName", ""), wa_id=form.get("WaId", ""),
+        media=media, received_at_ms=int(time.time() * 1000),
+    )
+
+
+@router.post("/webhook/whatsapp", summary="Twilio's incoming-message webhook")
+async def whatsapp(request: Request) -> Response:
+    started = time.perf_counter()
+    deps = _deps(request)
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    if not deps.signatures.is_valid(request, form):
+        REQUESTS.labels("bad_signature").inc()
+        return Response("invalid signature", status_code=403, media_type="text/plain")
+    if not form.get("From") or not form.get("MessageSid"):
+        REQUESTS.labels("bad_request").inc()
+        return Response("From and MessageSid are required", status_code=400, media_type="text/plain")
+
+    phone = to_e164(form["From"])
+    if not deps.settings.is_allowed(phone):
+        REQUESTS.labels("unauthorized").inc()
+        log.info("refused: not whitelisted", extra={"phone": phone})
+        return twiml.message(templates.UNAUTHORIZED)
+    try:
+        verdict = await deps.gate.admit(phone, form["MessageSid"])
+        if verdict is Admission.RATE_LIMITED:
+            REQUESTS.labels("rate_limited").inc()
+            return twiml.message(templates.RATE_LIMIT)
+        if verdict is Admission.OK:
+            await deps.handoff.submit(_inbound(form))
+    except RedisError:
+        # Nothing was stored: 503 tells Twilio the message was not accepted.
+        REQUESTS.labels("unavailable").inc()
+        log.error("redis unavailable, message refused with 503")
+        return Response("temporarily unavailable", status_code=503, media_type="text/plain")
+    REQUESTS.labels("accepted" if verdict is Admission.OK else "duplicate").inc()
+    LATENCY.observe(time.perf_counter() - started)
+    return twiml.empty()
+
+
+@router.post("/webhook/status", summary="Twilio's delivery-status callback")
+async def status(request: Request) -> Response:
+    deps = _deps(request)
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    if not deps.signatures.is_valid(request, form):
+        return Response("invalid signature", status_code=403, media_type="text/plain")
+    if not form.get("MessageSid") or not form.get("MessageStatus"):
+        return Response("MessageSid and MessageStatus are required", status_code=400, media_type="text/plain")
+    try:
+        await record_status(deps.redis, form)
+    except RedisError:
+        # Twilio retries a callback that failed; nothing is lost by refusing it now.
+        return Response("temporarily unavailable", status_code=503, media_type="text/plain")
+    STATUS_CALLBACKS.labels(form["MessageStatus"]).inc()
+    return Response(status_code=204)
+
+
+@router.get("/health", summary="200 while Redis and every downstream gRPC service answer")
+async def health(request: Request) -> JSONResponse:
+    deps = _deps(request)
+    checks = await check_all(deps.redis, deps.channels)
+    healthy = all(checks.values())
+    body = {"status": "ok" if healthy else "degraded",
+            "checks": {name: "ok" if ok else "unavailable" for name, ok in checks.items()}}
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

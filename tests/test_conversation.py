@@ -1,0 +1,180 @@
+"""The conversation agent through the running services: commands, the offline router,
+conversation state in Redis, and isolation between users (AutoCoder is the reference
+server, reached over real MCP through the bridge)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from agent.catalog import AGENTS, HELP
+from devtools.stack import Stack
+from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack
+from wacoder import keys, templates
+from wacoder.crypto import StateCipher
+from wacoder.inbox import Inbox
+
+PROJECT_ID = re.compile(r"`(proj_[0-9a-f]+)`")
+SESSION_ID = re.compile(r"`(sess_[0-9a-f]+)`")
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, twilio_sim: TwilioSim, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return stack_env(redis_server.url, twilio_sim.url,
+                     AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder")))
+
+
+@pytest.fixture(scope="module")
+def stack(env: dict[str, str]) -> Iterator[Stack]:
+    stack = start_stack(env)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def r(env: dict[str, str]) -> redis.Redis:
+    return redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+
+
+_users = iter(range(10**6))
+
+
+@pytest.fixture
+def alice(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Conversation:
+    return Conversation(env, twilio_sim, f"+1555300{next(_users):04d}")
+
+
+@pytest.fixture
+def bob(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Conversation:
+    return Conversation(env, twilio_sim, f"+1555400{next(_users):04d}")
+
+
+def state_of(env: dict[str, str], r: redis.Redis, phone: str) -> dict[str, object]:
+    raw = r.get(keys.conversation(phone))
+    assert raw is not None
+    return json.loads(StateCipher(env["STATE_ENCRYPTION_KEY"]).decrypt(raw))
+
+
+def test_help_and_agents(alice: Conversation) -> None:
+    assert alice.ask("/help") == HELP
+    assert alice.ask("/HeLp") == HELP
+    agents = alice.ask("/agents")
+    for name in AGENTS:
+        assert name in agents
+
+
+@pytest.mark.parametrize("command", ["/frobnicate", "/deploy now", "/x"])
+def test_unknown_command_gets_the_template(alice: Conversation, command: str) -> None:
+    assert alice.ask(command) == templates.INVALID_COMMAND.format(command=command.split()[0])
+
+
+@pytest.mark.parametrize("bad", ["/new", "/use", "/run", "/list everything", "/status a b", "/files a b",
+                                 "/clear all", "/new " + "x" * 61])
+def test_bad_arguments_get_the_usage_line(alice: Conversation, bad: str) -> None:
+    assert alice.ask(bad).startswith(f"Usage: {bad.split()[0]}")
+
+
+def test_project_lifecycle(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:
+    created = alice.ask("/new shop : an online store")
+    assert "shop" in created
+    shop_id = PROJECT_ID.search(created).group(1)
+    blog_id = PROJECT_ID.search(alice.ask("/NEW blog")).group(1)
+
+    listing = alice.ask("/list")
+    assert "shop" in listing and "an online store" in listing and shop_id in listing
+    assert re.search(rf"{blog_id}`\) ← active", listing)
+
+    assert "shop" in alice.ask("/use SHOP")
+    assert state_of(env, r, alice.phone)["active_project"] == {"project_id": shop_id, "name": "shop"}
+    assert "blog" in alice.ask(f"/use {blog_id}")
+    assert alice.ask("/use nothing-like-it") == templates.PROJECT_NOT_FOUND
+
+    # The seed's indexes, both ways.
+    assert r.lrange(keys.user_projects(alice.phone), 0, -1) == [blog_id, shop_id]
+    assert r.smembers(keys.project_users(shop_id)) == {alice.phone}
+
+
+def test_run_status_files_and_clear(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:
+    assert "Which project" in alice.ask("/run build a todo API")
+    assert "No coding session yet" in alice.ask("/status")
+    assert "No coding session yet" in alice.ask("/files")
+
+    alice.ask("/new todo")
+    started = alice.ask("/run build a REST API for todos")
+    session_id = SESSION_ID.search(started).group(1)
+    assert "planner" in started
+
+    status = alice.ask("/status")
+    assert session_id in status
+    assert session_id in alice.ask(f"/status {session_id}")
+    assert alice.ask("/status sess_0000000000").startswith("🔎 Session not found")
+
+    assert "cleared" in alice.ask("/clear").lower()
+    state = state_of(env, r, alice.phone)
+    assert state["history"] == [] and state["active_project"] is None and state["last_session"] is None
+
+
+def test_state_is_encrypted_with_a_24h_ttl(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:
+    alice.ask("/new secret-garden : my hidden plans")
+    raw = r.get(keys.conversation(alice.phone))
+    assert "secret-garden" not in raw and "hidden plans" not in raw
+    assert 86_000 < r.ttl(keys.conversation(alice.phone)) <= 86_400
+    state = state_of(env, r, alice.phone)
+    assert state["history"][0]["text"] == "/new secret-garden : my hidden plans"
+    assert state["history"][1]["role"] == "assistant"
+
+
+def test_history_keeps_the_last_ten_exchanges(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:
+    for i in range(12):
+        alice.ask(f"/status {i}")
+    history = state_of(env, r, alice.phone)["history"]
+    assert [h["text"] for h in history if h["role"] == "user"] == [f"/status {i}" for i in range(2, 12)]
+
+
+def test_concurrent_messages_are_processed_in_arrival_order(alice: Conversation, env: dict[str, str],
+                                                            r: redis.Redis) -> None:
+    sids: list[str] = []
+    threads = [threading.Thread(target=lambda i=i: sids.append(alice.send(f"note number {i}")))
+               for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    alice.next(10)
+
+    inbox = Inbox(r, StateCipher(env["STATE_ENCRYPTION_KEY"]), "unused")  # type: ignore[arg-type]
+    arrival = [inbox.decode(fields).body for _, fields in r.xrange(keys.INBOX_STREAM)
+               if inbox.decode(fields).sender == f"whatsapp:{alice.phone}"]
+    history = [h["text"] for h in state_of(env, r, alice.phone)["history"] if h["role"] == "user"]
+    assert len(history) == 10
+    assert history == arrival[-10:]
+
+
+def test_offline_router_handles_free_text(alice: Conversation) -> None:
+    created = alice.ask("please create a project called garden-api for plant tracking")
+    assert "garden-api" in created and PROJECT_ID.search(created)
+    assert "garden-api" in alice.ask("what projects do I have?")
+    started = alice.ask("design a schema for plants and watering schedules")
+    assert SESSION_ID.search(started) and "database" in started
+    assert "didn't understand" in alice.ask("qwxz plorb")
+    assert "/help" in alice.ask("hello!")
+
+
+def test_users_never_see_each_others_work(alice: Conversation, bob: Conversation) -> None:
+    created = alice.ask("/new alices-secret")
+    project_id = PROJECT_ID.search(created).group(1)
+    session_id = SESSION_ID.search(alice.ask("/run build a REST API")).group(1)
+
+    assert "alices-secret" not in bob.ask("/list")
+    assert bob.ask("/use alices-secret") == templates.PROJECT_NOT_FOUND
+    assert bob.ask(f"/use {project_id}") == templates.PROJECT_NOT_FOUND
+    assert bob.ask(f"/status {session_id}").startswith("🔎 Session not found")
+    assert bob.ask(f"/files {session_id}").startswith("🔎 Session not found")
+    assert session_id not in bob.ask(f"status of {session_id}")
+    # Alice still can.
+    assert session_id in alice.ask(f"/status {session_id}")
