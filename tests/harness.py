@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from devtools.stack import Stack, free_port, port_open
 from twilio.request_validator import RequestValidator
+from wacoder.whatsapp_text import join_parts
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "test-auth-token"
@@ -40,8 +41,19 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
@@ -58,8 +70,17 @@ class TwilioSim:
     def __init__(self, status_callbacks: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "devtools.twilio_sim", "--port", str(self.port),
-                "--account-sid", ACCOUNT_SID, "--auth-token", AUTH_TOKEN]
+        args = [
+            sys.executable,
+            "-m",
+            "devtools.twilio_sim",
+            "--port",
+            str(self.port),
+            "--account-sid",
+            ACCOUNT_SID,
+            "--auth-token",
+            AUTH_TOKEN,
+        ]
         if status_callbacks:
             args.append("--status-callbacks")
         self.proc = subprocess.Popen(args)
@@ -106,6 +127,7 @@ def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
 def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, str]:
     """A complete environment for one stack: every service on a free port."""
     webhook_port = free_port()
+    autocoder_port = free_port()
     env = {
         "ENVIRONMENT": "production",
         "REDIS_URL": redis_url,
@@ -118,7 +140,8 @@ def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, st
         "AGENT_ADDR": f"127.0.0.1:{free_port()}",
         "MCP_BRIDGE_ADDR": f"127.0.0.1:{free_port()}",
         "NOTIFIER_ADDR": f"127.0.0.1:{free_port()}",
-        "AUTOCODER_PORT": str(free_port()),
+        "AUTOCODER_PORT": str(autocoder_port),
+        "AUTOCODER_MCP_URL": f"http://127.0.0.1:{autocoder_port}/mcp",
         "ALLOWED_PHONE_NUMBERS": "*",
         "RATE_LIMIT_PER_PHONE": "1000",
         "RATE_LIMIT_GLOBAL": "100000",
@@ -128,8 +151,9 @@ def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, st
     return env
 
 
-def start_stack(env: Mapping[str, str], services: Iterable[str] | None = None,
-                log_dir: Path | None = None) -> Stack:
+def start_stack(
+    env: Mapping[str, str], services: Iterable[str] | None = None, log_dir: Path | None = None
+) -> Stack:
     stack = Stack(env, services, log_dir=log_dir or Path(tempfile.mkdtemp(prefix="wacoder-logs-")))
     stack.start()
     return stack
@@ -142,14 +166,24 @@ def sign(url: str, params: Mapping[str, str], token: str = AUTH_TOKEN) -> str:
 def inbound(phone: str, body: str, sid: str) -> dict[str, str]:
     """The form Twilio posts for an incoming WhatsApp text."""
     return {
-        "SmsMessageSid": sid, "MessageSid": sid, "AccountSid": ACCOUNT_SID, "From": f"whatsapp:{phone}",
-        "To": BOT_NUMBER, "Body": body, "NumMedia": "0", "NumSegments": "1", "ProfileName": "Tester",
-        "WaId": phone.lstrip("+"), "SmsStatus": "received", "ApiVersion": "2010-04-01",
+        "SmsMessageSid": sid,
+        "MessageSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": f"whatsapp:{phone}",
+        "To": BOT_NUMBER,
+        "Body": body,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "ProfileName": "Tester",
+        "WaId": phone.lstrip("+"),
+        "SmsStatus": "received",
+        "ApiVersion": "2010-04-01",
     }
 
 
-def post_signed(env: Mapping[str, str], path: str, form: Mapping[str, str], *,
-                sign_url: str | None = None) -> httpx.Response:
+def post_signed(
+    env: Mapping[str, str], path: str, form: Mapping[str, str], *, sign_url: str | None = None
+) -> httpx.Response:
     """POSTs `form` to the webhook signed the way Twilio signs (over PUBLIC_BASE_URL + path)."""
     url = env["PUBLIC_BASE_URL"] + path
     signature = sign(sign_url or url, form, env["TWILIO_AUTH_TOKEN"])
@@ -157,7 +191,7 @@ def post_signed(env: Mapping[str, str], path: str, form: Mapping[str, str], *,
 
 
 # The agent's progress relay messages (agent finished, session summary): see agent/progress.py.
-PROGRESS = re.compile(r"^(✅|❌|⏭️) \*\w+\* |^(🏁|❌) Session |^⚠️ I lost track")
+PROGRESS = re.compile(r"^(\(\d+/\d+\) )?((✅|❌|⏭️) \*\w+\* |(🏁|❌) Session |⚠️ I lost track)")
 
 
 class Conversation:
@@ -179,10 +213,14 @@ class Conversation:
         assert answer.status_code == 200, answer.text
         return sid
 
-    def ask(self, text: str, parts: int = 1, timeout_s: float = 20.0) -> str:
-        """Sends `text`, waits for `parts` new replies, returns their bodies joined by newlines."""
+    def ask(self, text: str, timeout_s: float = 20.0) -> str:
+        """Sends `text` and returns the reply (a reply split into "(1/n)" parts, re-joined)."""
         self.send(text)
-        return "\n".join(self.next(parts, timeout_s))
+        [first] = self.next(1, timeout_s)
+        numbered = re.match(r"\(1/(\d+)\) ", first)
+        if numbered is None:
+            return first
+        return join_parts([first, *self.next(int(numbered.group(1)) - 1, timeout_s)])
 
     def next(self, count: int = 1, timeout_s: float = 20.0) -> list[str]:
         """The next `count` replies; progress messages of running sessions go to `self.progress`."""
@@ -191,7 +229,8 @@ class Conversation:
         while len(replies) < count:
             remaining = deadline - time.monotonic()
             [message] = self.sim.wait_for(f"whatsapp:{self.phone}", self.seen + 1, max(remaining, 0.1))[
-                self.seen : self.seen + 1]
+                self.seen : self.seen + 1
+            ]
             self.seen += 1
             (self.progress if PROGRESS.match(message["body"]) else replies).append(message["body"])
         return replies
@@ -201,7 +240,7 @@ class Conversation:
         deadline = time.monotonic() + timeout_s
         while True:
             for body in self.progress:
-                if re.search(pattern, body):
+                if re.search(pattern, body, re.M):
                     return body
             if time.monotonic() > deadline:
                 raise AssertionError(f"no progress message matching {pattern!r}: {self.progress}")

@@ -11,22 +11,25 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-
 from agent.catalog import AGENTS, HELP
 from devtools.stack import Stack
-from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack
 from wacoder import keys, templates
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
+
+from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack
 
 PROJECT_ID = re.compile(r"`(proj_[0-9a-f]+)`")
 SESSION_ID = re.compile(r"`(sess_[0-9a-f]+)`")
 
 
 @pytest.fixture(scope="module")
-def env(redis_server: RedisServer, twilio_sim: TwilioSim, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return stack_env(redis_server.url, twilio_sim.url,
-                     AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder")))
+def env(
+    redis_server: RedisServer, twilio_sim: TwilioSim, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    return stack_env(
+        redis_server.url, twilio_sim.url, AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +76,19 @@ def test_unknown_command_gets_the_template(alice: Conversation, command: str) ->
     assert alice.ask(command) == templates.INVALID_COMMAND.format(command=command.split()[0])
 
 
-@pytest.mark.parametrize("bad", ["/new", "/use", "/run", "/list everything", "/status a b", "/files a b",
-                                 "/clear all", "/new " + "x" * 61])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "/new",
+        "/use",
+        "/run",
+        "/list everything",
+        "/status a b",
+        "/files a b",
+        "/clear all",
+        "/new " + "x" * 61,
+    ],
+)
 def test_bad_arguments_get_the_usage_line(alice: Conversation, bad: str) -> None:
     assert alice.ask(bad).startswith(f"Usage: {bad.split()[0]}")
 
@@ -129,18 +143,22 @@ def test_state_is_encrypted_with_a_24h_ttl(alice: Conversation, env: dict[str, s
     assert state["history"][1]["role"] == "assistant"
 
 
-def test_history_keeps_the_last_ten_exchanges(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:
+def test_history_keeps_the_last_ten_exchanges(
+    alice: Conversation, env: dict[str, str], r: redis.Redis
+) -> None:
     for i in range(12):
         alice.ask(f"/status {i}")
     history = state_of(env, r, alice.phone)["history"]
     assert [h["text"] for h in history if h["role"] == "user"] == [f"/status {i}" for i in range(2, 12)]
 
 
-def test_concurrent_messages_are_processed_in_arrival_order(alice: Conversation, env: dict[str, str],
-                                                            r: redis.Redis) -> None:
+def test_concurrent_messages_are_processed_in_arrival_order(
+    alice: Conversation, env: dict[str, str], r: redis.Redis
+) -> None:
     sids: list[str] = []
-    threads = [threading.Thread(target=lambda i=i: sids.append(alice.send(f"note number {i}")))
-               for i in range(10)]
+    threads = [
+        threading.Thread(target=lambda i=i: sids.append(alice.send(f"note number {i}"))) for i in range(10)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -148,8 +166,11 @@ def test_concurrent_messages_are_processed_in_arrival_order(alice: Conversation,
     alice.next(10)
 
     inbox = Inbox(r, StateCipher(env["STATE_ENCRYPTION_KEY"]), "unused")  # type: ignore[arg-type]
-    arrival = [inbox.decode(fields).body for _, fields in r.xrange(keys.INBOX_STREAM)
-               if inbox.decode(fields).sender == f"whatsapp:{alice.phone}"]
+    arrival = [
+        inbox.decode(fields).body
+        for _, fields in r.xrange(keys.INBOX_STREAM)
+        if inbox.decode(fields).sender == f"whatsapp:{alice.phone}"
+    ]
     history = [h["text"] for h in state_of(env, r, alice.phone)["history"] if h["role"] == "user"]
     assert len(history) == 10
     assert history == arrival[-10:]

@@ -13,23 +13,27 @@ from typing import Any
 
 import httpx
 import pytest
-
 from agent.prompts import WHATSAPP_SYSTEM_PROMPT
 from devtools.stack import Stack, free_port
-from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack, wait_for_port
 from wacoder import templates
 from wacoder.whatsapp_text import MAX_MESSAGE_CHARS
+
+from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack, wait_for_port
 
 
 class FakeLlm:
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.openai_server", "--port", str(self.port)])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(self.port)]
+        )
         wait_for_port(self.port)
 
     def script(self, answers: list[dict[str, Any]], fail_with: int | None = None, delay_s: float = 0) -> None:
-        httpx.post(f"{self.url}/_fake/script", json={"answers": answers, "fail_with": fail_with, "delay_s": delay_s})
+        httpx.post(
+            f"{self.url}/_fake/script", json={"answers": answers, "fail_with": fail_with, "delay_s": delay_s}
+        )
 
     def requests(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.url}/_fake/requests").json()["requests"]
@@ -47,11 +51,20 @@ def llm() -> Iterator[FakeLlm]:
 
 
 @pytest.fixture(scope="module")
-def env(redis_server: RedisServer, twilio_sim: TwilioSim, llm: FakeLlm,
-        tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return stack_env(redis_server.url, twilio_sim.url, OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=f"{llm.url}/v1",
-                     LLM_MODEL="gpt-test", LLM_TIMEOUT_S="3",
-                     AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder")))
+def env(
+    redis_server: RedisServer, twilio_sim: TwilioSim, llm: FakeLlm, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    return stack_env(
+        redis_server.url,
+        twilio_sim.url,
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=f"{llm.url}/v1",
+        LLM_MODEL="gpt-test",
+        LLM_TIMEOUT_S="3",
+        # AutoCoder's own agents would use the same LLM; here they use their built-in generators.
+        AUTOCODER_LLM="builtin",
+        AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder")),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +88,23 @@ def dave(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Conversati
 
 
 def tool_calls(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return [call for m in request["messages"] if m["role"] == "assistant" for call in m.get("tool_calls") or []]
+    return [
+        call for m in request["messages"] if m["role"] == "assistant" for call in m.get("tool_calls") or []
+    ]
 
 
 def test_llm_calls_the_right_tool_and_answers_with_its_result(carol: Conversation, llm: FakeLlm) -> None:
-    llm.script([
-        {"tool_call": {"name": "create_project", "arguments": {"name": "shop", "description": "an online store"}}},
-        {"text": "Your project is ready: {tool_result}"},
-    ])
+    llm.script(
+        [
+            {
+                "tool_call": {
+                    "name": "create_project",
+                    "arguments": {"name": "shop", "description": "an online store"},
+                }
+            },
+            {"text": "Your project is ready: {tool_result}"},
+        ]
+    )
     reply = carol.ask("I need a project for my online store, call it shop")
 
     project_id = re.search(r"proj_[0-9a-f]+", reply).group(0)
@@ -90,8 +112,13 @@ def test_llm_calls_the_right_tool_and_answers_with_its_result(carol: Conversatio
     first, second = llm.requests()
     assert first["model"] == "gpt-test"
     assert {t["function"]["name"] for t in first["tools"]} >= {
-        "create_project", "list_projects", "execute_coding_task", "get_session_details", "get_session_files",
-        "check_system_health"}
+        "create_project",
+        "list_projects",
+        "execute_coding_task",
+        "get_session_details",
+        "get_session_files",
+        "check_system_health",
+    }
     assert tool_calls(second)[0]["function"]["name"] == "create_project"
     # The project really exists at AutoCoder, for this user, and is now the active one.
     llm.script([])
@@ -100,12 +127,22 @@ def test_llm_calls_the_right_tool_and_answers_with_its_result(carol: Conversatio
 
 def test_llm_starts_a_coding_task_in_the_active_project(carol: Conversation, llm: FakeLlm) -> None:
     project_id = re.search(r"proj_[0-9a-f]+", carol.ask("/new api")).group(0)
-    llm.script([
-        {"tool_call": {"name": "execute_coding_task",
-                       "arguments": {"project_id": project_id, "task": "build a REST API with user authentication"}}},
-        {"text": "Started: {tool_result}"},
-    ])
+    llm.script(
+        [
+            {
+                "tool_call": {
+                    "name": "execute_coding_task",
+                    "arguments": {
+                        "project_id": project_id,
+                        "task": "build a REST API with user authentication",
+                    },
+                }
+            },
+            {"text": "Started: {tool_result}"},
+        ]
+    )
     reply = carol.ask("build a REST API with user authentication")
+    assert re.search(r"sess_[0-9a-f]+", reply), (reply, llm.requests())
     session_id = re.search(r"sess_[0-9a-f]+", reply).group(0)
     assert session_id in carol.ask("/status")
     system = llm.requests()[0]["messages"][0]
@@ -113,7 +150,8 @@ def test_llm_starts_a_coding_task_in_the_active_project(carol: Conversation, llm
 
 
 def test_the_llm_sees_the_system_prompt_and_only_this_users_last_ten_exchanges(
-        carol: Conversation, dave: Conversation, llm: FakeLlm) -> None:
+    carol: Conversation, dave: Conversation, llm: FakeLlm
+) -> None:
     for i in range(12):
         llm.script([{"text": f"answer {i}"}])
         assert carol.ask(f"carol says {i}") == f"answer {i}"
@@ -128,14 +166,17 @@ def test_the_llm_sees_the_system_prompt_and_only_this_users_last_ten_exchanges(
     earlier = messages[1:-1]
     assert len(earlier) == 20  # 10 exchanges
     assert [m["content"] for m in earlier if m["role"] == "user"] == [f"carol says {i}" for i in range(2, 12)]
-    assert [m["content"] for m in earlier if m["role"] == "assistant"] == [f"answer {i}" for i in range(2, 12)]
+    assert [m["content"] for m in earlier if m["role"] == "assistant"] == [
+        f"answer {i}" for i in range(2, 12)
+    ]
     assert messages[-1] == {"role": "user", "content": "carol's last word"}
     assert "dave" not in str(messages)
 
 
 @pytest.mark.parametrize("failure", [{"fail_with": 500}, {"delay_s": 10.0}])
-def test_llm_errors_and_timeouts_become_the_connection_template(carol: Conversation, llm: FakeLlm,
-                                                                failure: dict[str, Any]) -> None:
+def test_llm_errors_and_timeouts_become_the_connection_template(
+    carol: Conversation, llm: FakeLlm, failure: dict[str, Any]
+) -> None:
     llm.script([{"text": "never"}], **failure)
     assert carol.ask("build me something", timeout_s=40) == templates.CONNECTION
 
@@ -152,4 +193,5 @@ def test_long_answers_are_split_into_numbered_parts(carol: Conversation, llm: Fa
     for i, part in enumerate(parts, 1):
         assert part.startswith(f"({i}/{total}) ")
         assert len(part) <= MAX_MESSAGE_CHARS
-        assert sum(1 for line in part.splitlines() if line.strip().startswith("```")) % 2 == 0
+        body = part.removeprefix(f"({i}/{total}) ")
+        assert sum(1 for line in body.splitlines() if line.strip().startswith("```")) % 2 == 0

@@ -9,11 +9,20 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
-
 from agent.catalog import HELP
 from devtools.stack import Stack
-from tests.harness import BOT_NUMBER, RedisServer, TwilioSim, inbound, post_signed, sign, stack_env, start_stack
 from wacoder import keys, templates
+
+from tests.harness import (
+    BOT_NUMBER,
+    RedisServer,
+    TwilioSim,
+    inbound,
+    post_signed,
+    sign,
+    stack_env,
+    start_stack,
+)
 
 ALICE = "+15551230001"
 STRANGER = "+15559990000"
@@ -62,8 +71,9 @@ def test_help_lists_every_command(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("how", ["unsigned", "wrong signature", "signed for another URL", "wrong token"])
-def test_bad_signatures_are_refused_and_reach_nothing(stack: Stack, env: dict[str, str], sim: TwilioSim,
-                                                      how: str) -> None:
+def test_bad_signatures_are_refused_and_reach_nothing(
+    stack: Stack, env: dict[str, str], sim: TwilioSim, how: str
+) -> None:
     form = inbound(ALICE, "/help", f"SMbad{how.replace(' ', '')}")
     url = env["PUBLIC_BASE_URL"] + "/webhook/whatsapp"
     before = inbox_length(env)
@@ -72,7 +82,9 @@ def test_bad_signatures_are_refused_and_reach_nothing(stack: Stack, env: dict[st
     elif how == "wrong signature":
         answer = httpx.post(url, data=form, headers={"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"})
     elif how == "signed for another URL":
-        answer = post_signed(env, "/webhook/whatsapp", form, sign_url="https://evil.example.com/webhook/whatsapp")
+        answer = post_signed(
+            env, "/webhook/whatsapp", form, sign_url="https://evil.example.com/webhook/whatsapp"
+        )
     else:
         answer = post_signed(env | {"TWILIO_AUTH_TOKEN": "another-token"}, "/webhook/whatsapp", form)
 
@@ -85,15 +97,18 @@ def test_bad_signatures_are_refused_and_reach_nothing(stack: Stack, env: dict[st
 def test_tampered_body_is_refused(stack: Stack, env: dict[str, str], sim: TwilioSim) -> None:
     form = inbound(ALICE, "/help", "SMtamper01")
 
-
     signature = sign(env["PUBLIC_BASE_URL"] + "/webhook/whatsapp", form)
-    answer = httpx.post(env["PUBLIC_BASE_URL"] + "/webhook/whatsapp", data=form | {"Body": "/list"},
-                        headers={"X-Twilio-Signature": signature})
+    answer = httpx.post(
+        env["PUBLIC_BASE_URL"] + "/webhook/whatsapp",
+        data=form | {"Body": "/list"},
+        headers={"X-Twilio-Signature": signature},
+    )
     assert answer.status_code == 403
 
 
-def test_not_whitelisted_gets_the_template_and_reaches_nothing(stack: Stack, env: dict[str, str],
-                                                               sim: TwilioSim) -> None:
+def test_not_whitelisted_gets_the_template_and_reaches_nothing(
+    stack: Stack, env: dict[str, str], sim: TwilioSim
+) -> None:
     before = inbox_length(env)
     answer = post_signed(env, "/webhook/whatsapp", inbound(STRANGER, "/help <&> \"'", "SMstranger1"))
 

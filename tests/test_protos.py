@@ -13,9 +13,19 @@ STUBS = ROOT / "lib" / "wacoder" / "wacoder" / "v1"
 def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
     protos = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos").rglob("*.proto"))
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", "protos", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *protos],
-        cwd=ROOT / "protos" / "..", check=True,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            "protos",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *protos,
+        ],
+        cwd=ROOT / "protos" / "..",
+        check=True,
     )
     generated = {p.name: p.read_text() for p in (tmp_path / "wacoder" / "v1").iterdir()}
     committed = {p.name: p.read_text() for p in STUBS.iterdir() if p.name != "__init__.py" and p.is_file()}

@@ -51,10 +51,15 @@ async def chat() -> None:
     bot_number = env.get("TWILIO_WHATSAPP_NUMBER", "whatsapp:+14155238886")
 
     state = SimState(sid, token, status_callbacks=True, on_message=show_reply)
-    server = uvicorn.Server(uvicorn.Config(build_app(state), host=api.hostname or "127.0.0.1",
-                                           port=api.port or 80, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(state), host=api.hostname or "127.0.0.1", port=api.port or 80, log_level="warning"
+        )
+    )
     serving = asyncio.create_task(server.serve())
-    print(f"Chatting as whatsapp:{phone} with {webhook}. Replies arrive here. /help to start, Ctrl-D to quit.")
+    print(
+        f"Chatting as whatsapp:{phone} with {webhook}. Replies arrive here. /help to start, Ctrl-D to quit."
+    )
     loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(timeout=10) as client:
         while True:
@@ -64,10 +69,19 @@ async def chat() -> None:
                 break
             if not line.strip():
                 continue
-            form = {"MessageSid": f"SM{secrets.token_hex(16)}", "AccountSid": sid, "From": f"whatsapp:{phone}",
-                    "To": bot_number, "Body": line.rstrip("\n"), "NumMedia": "0", "ProfileName": "chat",
-                    "WaId": phone.lstrip("+"), "SmsStatus": "received", "ApiVersion": "2010-04-01",
-                    "NumSegments": "1"}
+            form = {
+                "MessageSid": f"SM{secrets.token_hex(16)}",
+                "AccountSid": sid,
+                "From": f"whatsapp:{phone}",
+                "To": bot_number,
+                "Body": line.rstrip("\n"),
+                "NumMedia": "0",
+                "ProfileName": "chat",
+                "WaId": phone.lstrip("+"),
+                "SmsStatus": "received",
+                "ApiVersion": "2010-04-01",
+                "NumSegments": "1",
+            }
             await post(client, webhook, token, form)
     server.should_exit = True
     await serving

@@ -38,8 +38,11 @@ def dev_defaults(env: dict[str, str]) -> dict[str, str]:
     defaults: dict[str, str] = {"ENVIRONMENT": "development", "STATE_ENCRYPTION_KEY": state_key()}
     if "TWILIO_ACCOUNT_SID" not in env:
         # No Twilio account: replies go to `make chat`, which plays Twilio's Messages API.
-        defaults |= {"TWILIO_ACCOUNT_SID": DEV_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": DEV_AUTH_TOKEN,
-                     "TWILIO_API_BASE_URL": CHAT_TWILIO_URL}
+        defaults |= {
+            "TWILIO_ACCOUNT_SID": DEV_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": DEV_AUTH_TOKEN,
+            "TWILIO_API_BASE_URL": CHAT_TWILIO_URL,
+        }
     if "ALLOWED_PHONE_NUMBERS" not in env:
         defaults["ALLOWED_PHONE_NUMBERS"] = DEV_PHONE
     return {k: v for k, v in defaults.items() if k not in env}

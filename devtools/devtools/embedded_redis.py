@@ -29,8 +29,19 @@ class EmbeddedRedis:
         if binary:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir.resolve()),
-                 "--appendonly", "yes", "--save", ""],
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.data_dir.resolve()),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                ],
                 stdout=subprocess.DEVNULL,
             )
             self.kind = f"redis-server ({binary})"

@@ -42,10 +42,16 @@ def main() -> None:
     try:
         stack.start()
         for name, process in stack.processes.items():
-            say(f"{name:<11} pid {process.proc.pid if process.proc else '?'} on {process.host}:{process.port}")
-        say(f"logs in {log_dir}/ ; webhook at {env.get('PUBLIC_BASE_URL', 'http://127.0.0.1:8000')}/webhook/whatsapp")
-        say(f"next: in another terminal run `make chat` to talk to the bot as {chat_phone(env)} "
-            f"(replies arrive through the local Twilio stand-in at {env.get('TWILIO_API_BASE_URL')}).")
+            say(
+                f"{name:<11} pid {process.proc.pid if process.proc else '?'} on {process.host}:{process.port}"
+            )
+        say(
+            f"logs in {log_dir}/ ; webhook at {env.get('PUBLIC_BASE_URL', 'http://127.0.0.1:8000')}/webhook/whatsapp"
+        )
+        say(
+            f"next: in another terminal run `make chat` to talk to the bot as {chat_phone(env)} "
+            f"(replies arrive through the local Twilio stand-in at {env.get('TWILIO_API_BASE_URL')})."
+        )
         say("Ctrl-C stops everything.")
         supervise(stack, stopping)
     finally:

@@ -131,8 +131,9 @@ class ServiceProcess:
 class Stack:
     """The services, in start order, sharing one environment."""
 
-    def __init__(self, env: Mapping[str, str], services: Iterable[str] | None = None,
-                 log_dir: Path | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], services: Iterable[str] | None = None, log_dir: Path | None = None
+    ) -> None:
         wanted = set(services) if services is not None else {s.name for s in SERVICES}
         self.env = dict(env)
         self.processes = {s.name: ServiceProcess(s, env, log_dir) for s in SERVICES if s.name in wanted}
@@ -141,7 +142,9 @@ class Stack:
         return self.processes[name]
 
     def start(self) -> None:
-        busy = [f"{p.spec.name} ({p.host}:{p.port})" for p in self.processes.values() if port_open(p.host, p.port)]
+        busy = [
+            f"{p.spec.name} ({p.host}:{p.port})" for p in self.processes.values() if port_open(p.host, p.port)
+        ]
         if busy:
             raise RuntimeError(f"ports already in use: {', '.join(busy)}; is another `make run` running?")
         # Start everything first, then wait: the processes import their libraries in parallel.

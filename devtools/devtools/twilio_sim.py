@@ -25,8 +25,8 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -54,8 +54,12 @@ class SimState:
 
 
 def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
-            "status": status}
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -67,7 +71,9 @@ def _authorized(request: Request, state: SimState) -> bool:
         user, _, password = base64.b64decode(header[6:]).decode().partition(":")
     except ValueError:
         return False
-    return secrets.compare_digest(user, state.account_sid) and secrets.compare_digest(password, state.auth_token)
+    return secrets.compare_digest(user, state.account_sid) and secrets.compare_digest(
+        password, state.auth_token
+    )
 
 
 async def _send_status_callbacks(state: SimState, url: str, message: dict[str, Any]) -> None:
@@ -76,8 +82,13 @@ async def _send_status_callbacks(state: SimState, url: str, message: dict[str, A
     async with httpx.AsyncClient(timeout=5) as client:
         for status in ("sent", "delivered"):
             await asyncio.sleep(0.05)
-            params = {"MessageSid": message["sid"], "MessageStatus": status, "AccountSid": state.account_sid,
-                      "From": message["from"], "To": message["to"]}
+            params = {
+                "MessageSid": message["sid"],
+                "MessageStatus": status,
+                "AccountSid": state.account_sid,
+                "From": message["from"],
+                "To": message["to"],
+            }
             signature = validator.compute_signature(url, params)
             try:
                 await client.post(url, data=params, headers={"X-Twilio-Signature": signature})
@@ -99,8 +110,12 @@ def build_app(state: SimState) -> Starlette:
         if delay > 0:
             await asyncio.sleep(delay)
         if scripted is not None and scripted.get("status", 201) >= 300:
-            return _error(scripted["status"], scripted.get("code", 20500), scripted.get("message", "Scripted"),
-                          scripted.get("headers"))
+            return _error(
+                scripted["status"],
+                scripted.get("code", 20500),
+                scripted.get("message", "Scripted"),
+                scripted.get("headers"),
+            )
         for required in ("To", "From", "Body"):
             if not form.get(required) and not (required == "Body" and form.get("MediaUrl")):
                 return _error(400, 21604 if required == "To" else 21602, f"A '{required}' is required.")
@@ -127,8 +142,12 @@ def build_app(state: SimState) -> Starlette:
             "error_message": None,
             "uri": f"/2010-04-01/Accounts/{sid}/Messages/x.json",
         }
-        record = dict(message, status_callback=form.get("StatusCallback"), media_urls=form.getlist("MediaUrl"),
-                      received_at=time.time())
+        record = dict(
+            message,
+            status_callback=form.get("StatusCallback"),
+            media_urls=form.getlist("MediaUrl"),
+            received_at=time.time(),
+        )
         state.messages.append(record)
         if state.on_message is not None:
             state.on_message(record)
@@ -151,15 +170,19 @@ def build_app(state: SimState) -> Starlette:
         state.delay_s = float(payload.get("delay_s") or 0.0)
         return JSONResponse({"ok": True})
 
-    return Starlette(routes=[
-        Route("/2010-04-01/Accounts/{sid}/Messages.json", create_message, methods=["POST"]),
-        Route("/_sim/messages", list_messages, methods=["GET", "DELETE"]),
-        Route("/_sim/script", script, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/2010-04-01/Accounts/{sid}/Messages.json", create_message, methods=["POST"]),
+            Route("/_sim/messages", list_messages, methods=["GET", "DELETE"]),
+            Route("/_sim/script", script, methods=["POST"]),
+        ]
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--account-sid", required=True)

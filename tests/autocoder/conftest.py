@@ -48,7 +48,8 @@ class AutoCoderServer:
             **env,
         }
         # The built-in generators are what these tests exercise, whatever the developer's shell has.
-        self.env.pop("OPENAI_API_KEY", None)
+        if "OPENAI_API_KEY" not in env:
+            self.env.pop("OPENAI_API_KEY", None)
         if "AUTOCODER_API_KEY" not in env:
             self.env.pop("AUTOCODER_API_KEY", None)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -64,3 +64,26 @@ async def test_restart_keeps_projects_and_sessions() -> None:
     finally:
         server.stop()
         server.cleanup()
+
+
+async def test_llm_failure_falls_back_to_the_builtin_generators() -> None:
+    # An OpenAI-compatible endpoint that refuses connections: every agent must fall back.
+    from tests.autocoder.conftest import free_port
+
+    server = AutoCoderServer(
+        OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1", LLM_TIMEOUT_S="2"
+    )
+    server.start()
+    try:
+        async with mcp_client(server.mcp_url) as s:
+            assert (await call(s, "check_system_health"))["llm"] == "openai"
+            project = await call(s, "create_project", name="fallback")
+            queued = await call(
+                s, "execute_coding_task", project_id=project["project_id"], task="plan it", agents=["planner"]
+            )
+            details = await wait_finished(s, queued["session_id"])
+        assert details["status"] == "succeeded"
+        assert any("built-in generator" in e["message"] for e in details["events"])
+    finally:
+        server.stop()
+        server.cleanup()

@@ -35,8 +35,15 @@ class FakeAutoCoder:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            args = [sys.executable, "-m", "tests.bridge.fake_autocoder", "--port", str(self.port),
-                    "--state", str(self.state)]
+            args = [
+                sys.executable,
+                "-m",
+                "tests.bridge.fake_autocoder",
+                "--port",
+                str(self.port),
+                "--state",
+                str(self.state),
+            ]
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not port_open("127.0.0.1", self.port):
@@ -118,8 +125,13 @@ def fake() -> Iterator[FakeAutoCoder]:
 
 @pytest.fixture(scope="module")
 def bridge(redis_server: RedisServer, fake: FakeAutoCoder) -> Iterator[Bridge]:
-    env = stack_env(redis_server.url, "http://127.0.0.1:9", AUTOCODER_MCP_URL=fake.url,
-                    MCP_CALL_TIMEOUT_S="2", AUTOCODER_API_KEY="test-key")
+    env = stack_env(
+        redis_server.url,
+        "http://127.0.0.1:9",
+        AUTOCODER_MCP_URL=fake.url,
+        MCP_CALL_TIMEOUT_S="2",
+        AUTOCODER_API_KEY="test-key",
+    )
     made = Bridge(start_stack(env, services=["mcp-bridge"]), env)
     yield made
     made.close()

@@ -108,8 +108,12 @@ def create_project(name: str, ctx: Context, description: str = "") -> dict[str, 
     """Create a new project."""
     _count("create_project")
     caller = _caller(ctx)
-    project = {"project_id": uuid.uuid4().hex[:12], "name": name, "description": description,
-               "created_at": _now()}
+    project = {
+        "project_id": uuid.uuid4().hex[:12],
+        "name": name,
+        "description": description,
+        "created_at": _now(),
+    }
     projects[project["project_id"]] = {**project, "caller": caller}
     _save()
     return project
@@ -125,8 +129,12 @@ def list_projects(ctx: Context) -> dict[str, Any]:  # type: ignore[type-arg]
 
 
 @mcp.tool()
-def execute_coding_task(project_id: str, task: str, ctx: Context,  # type: ignore[type-arg]
-                        agents: list[str] | None = None) -> dict[str, Any]:
+def execute_coding_task(
+    project_id: str,
+    task: str,
+    ctx: Context,  # type: ignore[type-arg]
+    agents: list[str] | None = None,
+) -> dict[str, Any]:
     """Start a coding session on a project."""
     _count("execute_coding_task")
     caller = _caller(ctx)
@@ -135,8 +143,14 @@ def execute_coding_task(project_id: str, task: str, ctx: Context,  # type: ignor
         raise ToolError(f"project {project_id} not found")
     session_id = uuid.uuid4().hex[:12]
     agents = agents or ["planner", "developer", "tester"]
-    sessions[session_id] = {"caller": caller, "project_id": project_id, "task": task, "agents": agents,
-                            "started": time.time(), "created_at": _now()}
+    sessions[session_id] = {
+        "caller": caller,
+        "project_id": project_id,
+        "task": task,
+        "agents": agents,
+        "started": time.time(),
+        "created_at": _now(),
+    }
     _save()
     return {"session_id": session_id, "project_id": project_id, "status": "queued", "agents": agents}
 
@@ -144,8 +158,15 @@ def execute_coding_task(project_id: str, task: str, ctx: Context,  # type: ignor
 def _events(session: dict[str, Any]) -> list[dict[str, Any]]:
     steps = int((time.time() - session["started"]) / SESSION_STEP_S)
     return [
-        {"seq": i + 1, "ts": _now(), "status": status, "agent": agent, "agent_status": agent_status,
-         "message": message, "progress": progress}
+        {
+            "seq": i + 1,
+            "ts": _now(),
+            "status": status,
+            "agent": agent,
+            "agent_status": agent_status,
+            "message": message,
+            "progress": progress,
+        }
         for i, (status, agent, agent_status, message, progress) in enumerate(SESSION_STEPS[:steps])
     ]
 
@@ -161,12 +182,18 @@ def get_session_details(session_id: str, ctx: Context, since_event: int = 0) -> 
     ended = status in ("succeeded", "failed")
     agents = {e["agent"]: e["agent_status"] for e in events}
     return {
-        "session_id": session_id, "project_id": session["project_id"], "task": session["task"],
-        "status": status, "progress": last["progress"] if last else 0, "agents": agents,
+        "session_id": session_id,
+        "project_id": session["project_id"],
+        "task": session["task"],
+        "status": status,
+        "progress": last["progress"] if last else 0,
+        "agents": agents,
         "events": [e for e in events if e["seq"] > since_event],
         "test_results": {"passed": 3, "failed": 0, "errors": 0, "total": 3, "output_tail": "3 passed"}
-        if ended else None,
-        "summary": "built it" if ended else "", "created_at": session["created_at"],
+        if ended
+        else None,
+        "summary": "built it" if ended else "",
+        "created_at": session["created_at"],
         "finished_at": _now() if ended else None,
     }
 
@@ -177,9 +204,18 @@ def get_session_files(session_id: str, ctx: Context) -> dict[str, Any]:  # type:
     _count("get_session_files")
     _owned_session(session_id, _caller(ctx))
     expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    return {"session_id": session_id, "files": [
-        {"name": "app.py", "path": "app.py", "size": 42, "download_url": f"http://fake/{session_id}/app.py",
-         "expires_at": expires}]}
+    return {
+        "session_id": session_id,
+        "files": [
+            {
+                "name": "app.py",
+                "path": "app.py",
+                "size": 42,
+                "download_url": f"http://fake/{session_id}/app.py",
+                "expires_at": expires,
+            }
+        ],
+    }
 
 
 @mcp.tool()
@@ -187,8 +223,14 @@ def check_system_health(ctx: Context) -> dict[str, Any]:  # type: ignore[type-ar
     """Health of the AutoCoder platform."""
     _count("check_system_health")
     _caller(ctx)
-    return {"status": "healthy", "version": "fake-1", "agents": {}, "llm": "offline",
-            "active_sessions": len(sessions), "uptime_s": round(time.monotonic() - started, 1)}
+    return {
+        "status": "healthy",
+        "version": "fake-1",
+        "agents": {},
+        "llm": "offline",
+        "active_sessions": len(sessions),
+        "uptime_s": round(time.monotonic() - started, 1),
+    }
 
 
 @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
@@ -202,8 +244,9 @@ async def slow_tool(seconds: float, ctx: Context) -> dict[str, Any]:  # type: ig
 
 @mcp.custom_route("/_fake/stats", methods=["GET"])
 async def stats(_: Request) -> JSONResponse:
-    return JSONResponse({"calls": dict(calls), "metas": metas[-50:], "auth": auth_headers[-50:],
-                         "call_log": call_log})
+    return JSONResponse(
+        {"calls": dict(calls), "metas": metas[-50:], "auth": auth_headers[-50:], "call_log": call_log}
+    )
 
 
 @mcp.custom_route("/_fake/crash_on", methods=["POST"])

@@ -21,10 +21,13 @@ def new_caller() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def call(bridge: Bridge, tool: str, caller: str, /, timeout: float = 10,
-         **arguments: Any) -> bridge_pb2.CallToolResponse:
-    return bridge.stub.CallTool(bridge_pb2.CallToolRequest(name=tool, arguments_json=json.dumps(arguments),
-                                                           caller=caller), timeout=timeout)
+def call(
+    bridge: Bridge, tool: str, caller: str, /, timeout: float = 10, **arguments: Any
+) -> bridge_pb2.CallToolResponse:
+    return bridge.stub.CallTool(
+        bridge_pb2.CallToolRequest(name=tool, arguments_json=json.dumps(arguments), caller=caller),
+        timeout=timeout,
+    )
 
 
 def result(reply: bridge_pb2.CallToolResponse) -> Any:
@@ -39,8 +42,14 @@ def store(redis_server: RedisServer) -> redis.Redis:
 
 def test_list_tools_describes_the_server_tools(bridge: Bridge) -> None:
     tools = {t.name: t for t in bridge.stub.ListTools(bridge_pb2.ListToolsRequest(), timeout=10).tools}
-    assert {"create_project", "list_projects", "execute_coding_task", "get_session_details",
-            "get_session_files", "check_system_health"} <= set(tools)
+    assert {
+        "create_project",
+        "list_projects",
+        "execute_coding_task",
+        "get_session_details",
+        "get_session_files",
+        "check_system_health",
+    } <= set(tools)
     schema = json.loads(tools["create_project"].input_schema_json)
     assert "name" in schema["properties"] and schema["required"] == ["name"]
     assert tools["list_projects"].description
@@ -54,8 +63,9 @@ def test_call_returns_structured_result_and_caller_reaches_meta(bridge: Bridge, 
     assert {"caller": alice} in [{k: v for k, v in m.items() if k == "caller"} for m in stats["metas"]]
     assert "Bearer test-key" in stats["auth"]
     # AutoCoder scopes by the caller the bridge passes: bob does not see alice's project.
-    assert [p["project_id"] for p in result(call(bridge, "list_projects", alice))["projects"]] == \
-        [project["project_id"]]
+    assert [p["project_id"] for p in result(call(bridge, "list_projects", alice))["projects"]] == [
+        project["project_id"]
+    ]
     assert result(call(bridge, "list_projects", bob))["projects"] == []
 
 
@@ -67,10 +77,12 @@ def test_tool_error_is_a_reply_not_a_grpc_error(bridge: Bridge) -> None:
 
 def test_invalid_requests(bridge: Bridge) -> None:
     caller = new_caller()
-    for request in (bridge_pb2.CallToolRequest(name="list_projects", caller=""),
-                    bridge_pb2.CallToolRequest(name="", caller=caller),
-                    bridge_pb2.CallToolRequest(name="list_projects", caller=caller, arguments_json="[1]"),
-                    bridge_pb2.CallToolRequest(name="list_projects", caller=caller, arguments_json="{")):
+    for request in (
+        bridge_pb2.CallToolRequest(name="list_projects", caller=""),
+        bridge_pb2.CallToolRequest(name="", caller=caller),
+        bridge_pb2.CallToolRequest(name="list_projects", caller=caller, arguments_json="[1]"),
+        bridge_pb2.CallToolRequest(name="list_projects", caller=caller, arguments_json="{"),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             bridge.stub.CallTool(request, timeout=5)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -118,12 +130,16 @@ def test_slow_tool_is_deadline_exceeded(bridge: Bridge) -> None:
 
 def start_session(bridge: Bridge, caller: str) -> str:
     project = result(call(bridge, "create_project", caller, name="watched"))
-    return str(result(call(bridge, "execute_coding_task", caller, project_id=project["project_id"],
-                           task="build it"))["session_id"])
+    return str(
+        result(
+            call(bridge, "execute_coding_task", caller, project_id=project["project_id"], task="build it")
+        )["session_id"]
+    )
 
 
-def watch(bridge: Bridge, session_id: str, caller: str,
-          after_event: int = 0) -> list[bridge_pb2.SessionEvent]:
+def watch(
+    bridge: Bridge, session_id: str, caller: str, after_event: int = 0
+) -> list[bridge_pb2.SessionEvent]:
     request = bridge_pb2.WatchSessionRequest(session_id=session_id, caller=caller, after_event=after_event)
     return list(bridge.stub.WatchSession(request, timeout=20))
 

@@ -51,8 +51,9 @@ def test_serves_while_autocoder_is_down_and_fails_fast(bridge_factory: BridgeFac
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
-def test_breaker_opens_fails_fast_half_opens_and_closes(bridge_factory: BridgeFactory,
-                                                        fake_factory: Any) -> None:
+def test_breaker_opens_fails_fast_half_opens_and_closes(
+    bridge_factory: BridgeFactory, fake_factory: Any
+) -> None:
     fake: FakeAutoCoder = fake_factory()
     bridge = bridge_factory(fake.url, BREAKER_FAILURE_THRESHOLD="3", BREAKER_RESET_TIMEOUT_S="2")
     assert not call(bridge, "list_projects", new_caller()).is_error
@@ -168,8 +169,9 @@ def test_sigterm_ends_watches_and_exits_cleanly(bridge_factory: BridgeFactory, f
     bridge = bridge_factory(fake.url)
     caller = new_caller()
     session_id = start_session(bridge, caller)
-    stream = bridge.stub.WatchSession(bridge_pb2.WatchSessionRequest(session_id=session_id, caller=caller),
-                                      timeout=20)
+    stream = bridge.stub.WatchSession(
+        bridge_pb2.WatchSessionRequest(session_id=session_id, caller=caller), timeout=20
+    )
     first = next(stream)
     assert first.seq >= 1
     process = bridge.stack["mcp-bridge"]

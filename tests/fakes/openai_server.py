@@ -31,8 +31,11 @@ STATE: dict[str, Any] = {"answers": [], "requests": [], "fail_with": None, "dela
 
 def _completion(model: str, message: dict[str, Any], finish: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-" + secrets.token_hex(8), "object": "chat.completion", "created": int(time.time()),
-        "model": model, "system_fingerprint": "fp_fake",
+        "id": "chatcmpl-" + secrets.token_hex(8),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }
@@ -40,21 +43,32 @@ def _completion(model: str, message: dict[str, Any], finish: str) -> dict[str, A
 
 async def completions(request: Request) -> JSONResponse:
     if not request.headers.get("authorization", "").startswith("Bearer "):
-        return JSONResponse({"error": {"message": "no key", "type": "invalid_request_error"}}, status_code=401)
+        return JSONResponse(
+            {"error": {"message": "no key", "type": "invalid_request_error"}}, status_code=401
+        )
     body = await request.json()
     STATE["requests"].append(body)
     if STATE["delay_s"]:
         await asyncio.sleep(STATE["delay_s"])
     if STATE["fail_with"]:
-        return JSONResponse({"error": {"message": "scripted failure", "type": "server_error"}},
-                            status_code=STATE["fail_with"])
+        return JSONResponse(
+            {"error": {"message": "scripted failure", "type": "server_error"}}, status_code=STATE["fail_with"]
+        )
     answer = STATE["answers"].pop(0) if STATE["answers"] else {"text": "(no scripted answer)"}
     model = body.get("model", "fake")
     if "tool_call" in answer:
         call = answer["tool_call"]
-        message = {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "call_" + secrets.token_hex(6), "type": "function",
-            "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}]}
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_" + secrets.token_hex(6),
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))},
+                }
+            ],
+        }
         return JSONResponse(_completion(model, message, "tool_calls"))
     tool_results = [m.get("content") for m in body.get("messages", []) if m.get("role") == "tool"]
     text = answer["text"].replace("{tool_result}", str(tool_results[-1]) if tool_results else "")
@@ -74,11 +88,13 @@ async def requests_seen(request: Request) -> JSONResponse:
     return JSONResponse({"requests": STATE["requests"]})
 
 
-app = Starlette(routes=[
-    Route("/v1/chat/completions", completions, methods=["POST"]),
-    Route("/_fake/script", script, methods=["POST"]),
-    Route("/_fake/requests", requests_seen, methods=["GET"]),
-])
+app = Starlette(
+    routes=[
+        Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/_fake/script", script, methods=["POST"]),
+        Route("/_fake/requests", requests_seen, methods=["GET"]),
+    ]
+)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

@@ -60,8 +60,9 @@ def rdb(notifier_redis: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def notifier(stack: Stack, env: dict[str, str],
-             sim: TwilioSim) -> Iterator[notifier_pb2_grpc.NotifierServiceStub]:
+def notifier(
+    stack: Stack, env: dict[str, str], sim: TwilioSim
+) -> Iterator[notifier_pb2_grpc.NotifierServiceStub]:
     sim.clear()
     with grpc.insecure_channel(env["NOTIFIER_ADDR"]) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
@@ -74,8 +75,14 @@ def new_phone() -> str:
     return f"whatsapp:+1555{uuid.uuid4().int % 10**7:07d}"
 
 
-def send(stub: notifier_pb2_grpc.NotifierServiceStub, to: str, body: str, key: str | None = None,
-         media_urls: list[str] | None = None) -> notifier_pb2.SendResponse:
-    request = notifier_pb2.SendRequest(to=to, body=body, idempotency_key=key or str(uuid.uuid4()),
-                                       media_urls=media_urls or [])
+def send(
+    stub: notifier_pb2_grpc.NotifierServiceStub,
+    to: str,
+    body: str,
+    key: str | None = None,
+    media_urls: list[str] | None = None,
+) -> notifier_pb2.SendResponse:
+    request = notifier_pb2.SendRequest(
+        to=to, body=body, idempotency_key=key or str(uuid.uuid4()), media_urls=media_urls or []
+    )
     return stub.Send(request, timeout=5)

@@ -18,8 +18,9 @@ def env(notifier_redis: RedisServer, sim: TwilioSim) -> dict[str, str]:
     return stack_env(notifier_redis.url, sim.url, **NOTIFIER_ENV, NOTIFIER_SEND_RATE_PER_S=str(RATE))
 
 
-def test_sends_keep_to_the_sender_rate(notifier: notifier_pb2_grpc.NotifierServiceStub,
-                                       sim: TwilioSim) -> None:
+def test_sends_keep_to_the_sender_rate(
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim
+) -> None:
     # Warm up first (the first send imports the client's API modules, which would make the
     # first message's arrival lag behind its token), then let the bucket fill up again.
     warm = new_phone()
@@ -34,5 +35,5 @@ def test_sends_keep_to_the_sender_rate(notifier: notifier_pb2_grpc.NotifierServi
     # so n sends span at least (n - RATE) / RATE seconds (a little slack for clock reads).
     assert times[-1] - times[0] >= (len(times) - RATE) / RATE - 0.1
     window = 2 * RATE + 1
-    for first, last in zip(times, times[window - 1:], strict=False):
+    for first, last in zip(times, times[window - 1 :], strict=False):
         assert last - first >= (window - RATE) / RATE - 0.1

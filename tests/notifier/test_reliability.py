@@ -30,6 +30,7 @@ def record_status(url: str, form: Mapping[str, str]) -> None:
             await delivery.record_status(client, form)
         finally:
             await client.aclose()
+
     asyncio.run(call())
 
 
@@ -56,7 +57,8 @@ def first_occurrences(bodies: list[str]) -> list[str]:
 
 
 def test_kill_9_with_messages_queued_and_in_flight_loses_nothing(
-        notifier: notifier_pb2_grpc.NotifierServiceStub, stack: Stack, sim: TwilioSim) -> None:
+    notifier: notifier_pb2_grpc.NotifierServiceStub, stack: Stack, sim: TwilioSim
+) -> None:
     slow_twilio(sim, 0.1)
     expected = queue_for_three(notifier, 10)
     time.sleep(0.35)
@@ -80,7 +82,8 @@ def test_kill_9_with_messages_queued_and_in_flight_loses_nothing(
 
 
 def test_sigterm_finishes_in_flight_sends_and_resumes_the_rest(
-        notifier: notifier_pb2_grpc.NotifierServiceStub, stack: Stack, sim: TwilioSim) -> None:
+    notifier: notifier_pb2_grpc.NotifierServiceStub, stack: Stack, sim: TwilioSim
+) -> None:
     slow_twilio(sim, 0.1)
     expected = queue_for_three(notifier, 8)
     time.sleep(0.25)
@@ -93,8 +96,12 @@ def test_sigterm_finishes_in_flight_sends_and_resumes_the_rest(
 
 
 def test_a_replacement_consumer_claims_a_dead_consumers_entries(
-        notifier: notifier_pb2_grpc.NotifierServiceStub, stack: Stack, sim: TwilioSim, env: dict[str, str],
-        tmp_path: Path) -> None:
+    notifier: notifier_pb2_grpc.NotifierServiceStub,
+    stack: Stack,
+    sim: TwilioSim,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
     slow_twilio(sim, 0.1)
     expected = queue_for_three(notifier, 5)
     time.sleep(0.2)
@@ -102,8 +109,9 @@ def test_a_replacement_consumer_claims_a_dead_consumers_entries(
     sim.script([])
     # Another replica (another name, e.g. a new pod) on the same address.
     spec = next(s for s in SERVICES if s.name == "notifier")
-    replacement = ServiceProcess(spec, {**env, "NOTIFIER_CONSUMER": f"replacement-{uuid.uuid4().hex[:6]}"},
-                                 tmp_path)
+    replacement = ServiceProcess(
+        spec, {**env, "NOTIFIER_CONSUMER": f"replacement-{uuid.uuid4().hex[:6]}"}, tmp_path
+    )
     replacement.start()
     try:
         replacement.wait_ready()
@@ -116,15 +124,25 @@ def test_a_replacement_consumer_claims_a_dead_consumers_entries(
         stack["notifier"].wait_ready()
 
 
-def test_statuses_only_move_forward(notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim,
-                                    rdb: redis.Redis, notifier_redis: RedisServer) -> None:
+def test_statuses_only_move_forward(
+    notifier: notifier_pb2_grpc.NotifierServiceStub,
+    sim: TwilioSim,
+    rdb: redis.Redis,
+    notifier_redis: RedisServer,
+) -> None:
     to = new_phone()
     send(notifier, to, "status me")
     [message] = sim.wait_for(to)
     sid = message["sid"]
-    for status, expected in (("sent", "sent"), ("delivered", "delivered"), ("sent", "delivered"),
-                             ("queued", "delivered"), ("read", "read"), ("delivered", "read"),
-                             ("failed", "read")):
+    for status, expected in (
+        ("sent", "sent"),
+        ("delivered", "delivered"),
+        ("sent", "delivered"),
+        ("queued", "delivered"),
+        ("read", "read"),
+        ("delivered", "read"),
+        ("failed", "read"),
+    ):
         record_status(notifier_redis.url, {"MessageSid": sid, "MessageStatus": status})
         assert rdb.hget(keys.delivery(sid), "status") == expected, f"after {status}"
     assert rdb.hget(keys.delivery(sid), "idempotency_key")
@@ -138,8 +156,11 @@ def test_statuses_only_move_forward(notifier: notifier_pb2_grpc.NotifierServiceS
 
 
 def test_63016_by_status_callback_parks_and_next_send_delivers_it_first(
-        notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim, rdb: redis.Redis,
-        notifier_redis: RedisServer) -> None:
+    notifier: notifier_pb2_grpc.NotifierServiceStub,
+    sim: TwilioSim,
+    rdb: redis.Redis,
+    notifier_redis: RedisServer,
+) -> None:
     to = new_phone()
     send(notifier, to, "your build finished")
     [message] = sim.wait_for(to)
@@ -158,8 +179,9 @@ def test_63016_by_status_callback_parks_and_next_send_delivers_it_first(
     assert rdb.llen(delivery.parked(to_hash)) == 0
 
 
-def test_63016_callback_before_the_notifiers_record_still_parks(rdb: redis.Redis,
-                                                                notifier_redis: RedisServer) -> None:
+def test_63016_callback_before_the_notifiers_record_still_parks(
+    rdb: redis.Redis, notifier_redis: RedisServer
+) -> None:
     sid = "SM" + uuid.uuid4().hex
     to_hash = uuid.uuid4().hex[:16]
     record_status(notifier_redis.url, {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "63016"})
@@ -171,7 +193,8 @@ def test_63016_callback_before_the_notifiers_record_still_parks(rdb: redis.Redis
 
 
 def test_63016_at_send_time_parks_and_next_send_delivers_it_first(
-        notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim, rdb: redis.Redis) -> None:
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim, rdb: redis.Redis
+) -> None:
     to = new_phone()
     before = int(rdb.get(delivery.OUTSIDE_WINDOW_COUNTER) or 0)
     sim.script([{"status": 400, "code": 63016, "message": "Outside the allowed window"}])
@@ -186,8 +209,8 @@ def test_63016_at_send_time_parks_and_next_send_delivers_it_first(
 
 
 def test_redis_down_send_is_unavailable_and_the_worker_recovers(
-        notifier: notifier_pb2_grpc.NotifierServiceStub, stack: Stack, sim: TwilioSim,
-        notifier_redis: RedisServer) -> None:
+    notifier: notifier_pb2_grpc.NotifierServiceStub, stack: Stack, sim: TwilioSim, notifier_redis: RedisServer
+) -> None:
     notifier_redis.stop()
     try:
         with pytest.raises(grpc.RpcError) as err:

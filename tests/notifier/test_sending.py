@@ -28,9 +28,9 @@ def dead_letters_for(rdb: redis.Redis, key: str, timeout_s: float = 10.0) -> lis
     raise AssertionError(f"no dead letter for {key}")
 
 
-def test_send_makes_one_rest_call_with_twilio_fields(notifier: notifier_pb2_grpc.NotifierServiceStub,
-                                                     sim: TwilioSim, env: dict[str, str],
-                                                     rdb: redis.Redis) -> None:
+def test_send_makes_one_rest_call_with_twilio_fields(
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim, env: dict[str, str], rdb: redis.Redis
+) -> None:
     to = new_phone()
     key = str(uuid.uuid4())
     reply = send(notifier, to, "hello *there*", key, media_urls=["https://example.com/a.png"])
@@ -54,8 +54,9 @@ def test_send_makes_one_rest_call_with_twilio_fields(notifier: notifier_pb2_grpc
     assert rdb.xpending(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP)["pending"] == 0
 
 
-def test_outbox_stores_bodies_encrypted(notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim,
-                                        rdb: redis.Redis) -> None:
+def test_outbox_stores_bodies_encrypted(
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim, rdb: redis.Redis
+) -> None:
     to = new_phone()
     sim.script([], always={"status": 500, "delay_s": 0.3})
     send(notifier, to, "secret plans")
@@ -74,8 +75,9 @@ def test_invalid_arguments(notifier: notifier_pb2_grpc.NotifierServiceStub) -> N
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_same_idempotency_key_five_times_sends_once(notifier: notifier_pb2_grpc.NotifierServiceStub,
-                                                     sim: TwilioSim) -> None:
+def test_same_idempotency_key_five_times_sends_once(
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim
+) -> None:
     to = new_phone()
     key = str(uuid.uuid4())
     replies = [send(notifier, to, "once only", key) for _ in range(5)]
@@ -87,7 +89,8 @@ def test_same_idempotency_key_five_times_sends_once(notifier: notifier_pb2_grpc.
 
 
 def test_retries_429_with_retry_after_then_500_then_delivers_once(
-        notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim) -> None:
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim
+) -> None:
     to = new_phone()
     sim.script([{"status": 429, "code": 20429, "headers": {"Retry-After": "1"}}, {"status": 500}])
     send(notifier, to, "eventually")
@@ -100,8 +103,9 @@ def test_retries_429_with_retry_after_then_500_then_delivers_once(
     assert tries[2] > tries[1]
 
 
-def test_always_500_is_dead_lettered_after_max_attempts(notifier: notifier_pb2_grpc.NotifierServiceStub,
-                                                        sim: TwilioSim, rdb: redis.Redis) -> None:
+def test_always_500_is_dead_lettered_after_max_attempts(
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim, rdb: redis.Redis
+) -> None:
     to = new_phone()
     key = str(uuid.uuid4())
     sim.script([], always={"status": 500})
@@ -117,8 +121,9 @@ def test_always_500_is_dead_lettered_after_max_attempts(notifier: notifier_pb2_g
     assert sim.messages(to) == []
 
 
-def test_permanent_4xx_is_dead_lettered_at_once(notifier: notifier_pb2_grpc.NotifierServiceStub,
-                                                 sim: TwilioSim, rdb: redis.Redis) -> None:
+def test_permanent_4xx_is_dead_lettered_at_once(
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim, rdb: redis.Redis
+) -> None:
     to = new_phone()
     key = str(uuid.uuid4())
     sim.script([{"status": 400, "code": 21211, "message": "Invalid 'To' Phone Number"}])
@@ -128,8 +133,9 @@ def test_permanent_4xx_is_dead_lettered_at_once(notifier: notifier_pb2_grpc.Noti
     assert len([a for a in sim.attempts() if a["to"] == to]) == 1
 
 
-def test_long_body_is_split_into_ordered_parts(notifier: notifier_pb2_grpc.NotifierServiceStub,
-                                               sim: TwilioSim) -> None:
+def test_long_body_is_split_into_ordered_parts(
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim
+) -> None:
     to = new_phone()
     body = " ".join(f"w{i:04d}" for i in range(584))  # 3,503 characters
     assert len(body) >= 3500
@@ -142,8 +148,9 @@ def test_long_body_is_split_into_ordered_parts(notifier: notifier_pb2_grpc.Notif
     assert re.sub(r"\s+", "", joined) == re.sub(r"\s+", "", body)
 
 
-def test_messages_to_one_recipient_arrive_in_order(notifier: notifier_pb2_grpc.NotifierServiceStub,
-                                                   sim: TwilioSim) -> None:
+def test_messages_to_one_recipient_arrive_in_order(
+    notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim
+) -> None:
     to, other = new_phone(), new_phone()
     # A few failures on the way must not reorder anything.
     sim.script([{"status": 500}, {"status": 429, "code": 20429}, {"status": 503}])

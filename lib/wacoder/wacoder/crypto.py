@@ -18,8 +18,10 @@ class StateCipher:
     def from_settings(cls, settings: Settings) -> StateCipher:
         if settings.state_encryption_key is None:
             # No key means a dev process started by hand; `make run` always provides one.
-            raise RuntimeError("STATE_ENCRYPTION_KEY is not set (generate one with `make run` or "
-                               "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'`)")
+            raise RuntimeError(
+                "STATE_ENCRYPTION_KEY is not set (generate one with `make run` or "
+                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'`)"
+            )
         return cls(settings.state_encryption_key.get_secret_value())
 
     def encrypt(self, plaintext: str) -> str:

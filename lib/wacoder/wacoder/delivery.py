@@ -92,8 +92,9 @@ def _argv(status: str, error_code: str, fields: Mapping[str, str]) -> list[str]:
     return args
 
 
-async def _apply(redis: aioredis.Redis, sid: str, status: str, error_code: str,
-                 fields: Mapping[str, str]) -> int:
+async def _apply(
+    redis: aioredis.Redis, sid: str, status: str, error_code: str, fields: Mapping[str, str]
+) -> int:
     keys = [delivery(sid), OUTSIDE_WINDOW_COUNTER]
     argv = _argv(status, error_code, fields)
     try:

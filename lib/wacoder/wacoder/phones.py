@@ -10,7 +10,7 @@ WHATSAPP_PREFIX = "whatsapp:"
 
 
 def to_e164(address: str) -> str:
-    """"whatsapp:+15551234567" -> "+15551234567"; an E.164 number is returned as is."""
+    """ "whatsapp:+15551234567" -> "+15551234567"; an E.164 number is returned as is."""
     address = address.strip()
     if address.startswith(WHATSAPP_PREFIX):
         address = address[len(WHATSAPP_PREFIX) :]
@@ -18,7 +18,7 @@ def to_e164(address: str) -> str:
 
 
 def to_whatsapp(phone: str) -> str:
-    """"+15551234567" -> "whatsapp:+15551234567"."""
+    """ "+15551234567" -> "whatsapp:+15551234567"."""
     phone = phone.strip()
     return phone if phone.startswith(WHATSAPP_PREFIX) else f"{WHATSAPP_PREFIX}{phone}"
 

@@ -82,7 +82,9 @@ class KeyedStreamConsumer:
                     resume_own = True
                     continue
                 except (RedisError, OSError) as error:
-                    log.warning("stream read failed, retrying", extra={"stream": self.stream, "error": str(error)})
+                    log.warning(
+                        "stream read failed, retrying", extra={"stream": self.stream, "error": str(error)}
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     resume_own = True
@@ -122,7 +124,12 @@ class KeyedStreamConsumer:
         start = "0-0"
         while True:
             next_start, entries, *_ = await self.redis.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms, start_id=start, count=100
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.claim_idle_ms,
+                start_id=start,
+                count=100,
             )
             for entry_id, fields in entries:
                 if fields and entry_id not in self._in_flight:
@@ -134,8 +141,9 @@ class KeyedStreamConsumer:
     async def _read_new(self) -> None:
         # Block briefly so the loop comes back to claiming regularly.
         block_ms = min(2000, self.claim_idle_ms // 3)
-        reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=100,
-                                            block=block_ms)
+        reply = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=100, block=block_ms
+        )
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 await self._dispatch(entry_id, fields)
@@ -185,7 +193,8 @@ class KeyedStreamConsumer:
             if not ids:
                 continue
             try:
-                await self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
-                                        message_ids=ids, justid=True)
+                await self.redis.xclaim(
+                    self.stream, self.group, self.consumer, min_idle_time=0, message_ids=ids, justid=True
+                )
             except (RedisError, OSError):
                 pass

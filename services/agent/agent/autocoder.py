@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-
 from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
 # gRPC codes that mean "AutoCoder (or the bridge) cannot answer right now".
-_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-                grpc.StatusCode.RESOURCE_EXHAUSTED}
+_UNAVAILABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class AutoCoderUnavailable(Exception):
@@ -47,8 +50,9 @@ class AutoCoder:
             raise AutoCoderUnavailable(error.details()) from error
         return [ToolSpec(t.name, t.description, json.loads(t.input_schema_json or "{}")) for t in reply.tools]
 
-    async def call(self, caller: str, name: str, **arguments: Any) -> Any:
-        request = bridge_pb2.CallToolRequest(name=name, arguments_json=json.dumps(arguments), caller=caller)
+    async def call(self, caller: str, tool: str, /, **arguments: Any) -> Any:
+        """Positional-only so that a tool argument may be called `name` or `tool`."""
+        request = bridge_pb2.CallToolRequest(name=tool, arguments_json=json.dumps(arguments), caller=caller)
         try:
             reply = await self.stub.CallTool(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as error:
@@ -59,8 +63,12 @@ class AutoCoder:
             raise ToolError(reply.error_message)
         return json.loads(reply.result_json) if reply.result_json else None
 
-    async def watch(self, caller: str, session_id: str, after_event: int) -> AsyncIterator[bridge_pb2.SessionEvent]:
-        request = bridge_pb2.WatchSessionRequest(session_id=session_id, caller=caller, after_event=after_event)
+    async def watch(
+        self, caller: str, session_id: str, after_event: int
+    ) -> AsyncIterator[bridge_pb2.SessionEvent]:
+        request = bridge_pb2.WatchSessionRequest(
+            session_id=session_id, caller=caller, after_event=after_event
+        )
         try:
             async for event in self.stub.WatchSession(request):
                 yield event

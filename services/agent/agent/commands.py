@@ -42,8 +42,10 @@ async def _new(turn: Turn, args: str) -> str:
     if not name or len(name) > 60:
         return _usage("/new")
     project = await turn.create_project(name, description)
-    return (f"✅ Created project *{project.name}* (`{project.project_id}`); it is now your active project.\n"
-            f"Next: /run <task>, e.g. _/run build a REST API with user authentication_")
+    return (
+        f"✅ Created project *{project.name}* (`{project.project_id}`); it is now your active project.\n"
+        f"Next: /run <task>, e.g. _/run build a REST API with user authentication_"
+    )
 
 
 async def _list(turn: Turn, args: str) -> str:

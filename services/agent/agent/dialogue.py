@@ -15,6 +15,8 @@ from agent.turn import Turn
 
 log = logging.getLogger("agent.dialogue")
 
+SOMETHING_WENT_WRONG = "⚠️ Sorry, something went wrong on our side. Please try again in a moment."
+
 
 class FreeTextResponder(Protocol):
     async def respond(self, turn: Turn, text: str) -> str: ...
@@ -38,3 +40,7 @@ async def reply_to(turn: Turn, text: str, free_text: FreeTextResponder) -> str:
         return templates.CONNECTION
     except ToolError as error:
         return turn.explain(error)
+    except Exception:
+        # A bug of ours must not leave the user in silence (nor retry forever).
+        log.exception("unexpected error while answering")
+        return SOMETHING_WENT_WRONG

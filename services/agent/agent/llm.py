@@ -19,7 +19,6 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.tools import StructuredTool, ToolException
 from langchain_openai import ChatOpenAI
-
 from wacoder import templates
 from wacoder.settings import Settings
 from wacoder.whatsapp_text import markdown_to_whatsapp
@@ -77,8 +76,13 @@ class LlmResponder:
             except ToolError as error:
                 raise ToolException(str(error)) from error
 
-        return StructuredTool(name=spec.name, description=spec.description, args_schema=spec.input_schema,
-                              coroutine=call, handle_tool_error=True)
+        return StructuredTool(
+            name=spec.name,
+            description=spec.description,
+            args_schema=spec.input_schema,
+            coroutine=call,
+            handle_tool_error=True,
+        )
 
     async def _call(self, turn: Turn, name: str, arguments: dict[str, Any]) -> Any:
         if name == "create_project":
@@ -87,7 +91,9 @@ class LlmResponder:
         if name == "execute_coding_task":
             project_id = arguments["project_id"]
             active = turn.state.active_project
-            project = active if active and active.project_id == project_id else Project(project_id, project_id)
+            project = (
+                active if active and active.project_id == project_id else Project(project_id, project_id)
+            )
             return await turn.start_session(project, arguments["task"], arguments.get("agents"))
         return await turn.autocoder.call(turn.caller, name, **arguments)
 

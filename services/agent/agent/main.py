@@ -43,15 +43,30 @@ async def serve(settings: Settings) -> None:
     inbox = Inbox(redis, cipher, salt)
     bridge_channel = wgrpc.channel(settings.mcp_bridge_addr)
     notifier_channel = wgrpc.channel(settings.notifier_addr)
-    autocoder = AutoCoder(bridge_pb2_grpc.McpBridgeServiceStub(bridge_channel), settings.mcp_call_timeout_s + 5)
+    autocoder = AutoCoder(
+        bridge_pb2_grpc.McpBridgeServiceStub(bridge_channel), settings.mcp_call_timeout_s + 5
+    )
     outbound = Outbound(notifier_pb2_grpc.NotifierServiceStub(notifier_channel), settings.grpc_fast_timeout_s)
     progress = ProgressRelay(redis, autocoder, outbound)
-    processor = Processor(redis=redis, cipher=cipher, inbox=inbox, store=StateStore(redis, cipher),
-                          autocoder=autocoder, outbound=outbound,
-                          free_text=free_text_responder(settings, autocoder), progress=progress, hash_salt=salt)
+    processor = Processor(
+        redis=redis,
+        cipher=cipher,
+        inbox=inbox,
+        store=StateStore(redis, cipher),
+        autocoder=autocoder,
+        outbound=outbound,
+        free_text=free_text_responder(settings, autocoder),
+        progress=progress,
+        hash_salt=salt,
+    )
     consumer = KeyedStreamConsumer(
-        redis, stream=keys.INBOX_STREAM, group=keys.INBOX_GROUP, consumer=default_consumer_name("agent"),
-        key_of=lambda fields: fields["key"], handle=processor.handle, claim_idle_ms=settings.stream_claim_idle_ms,
+        redis,
+        stream=keys.INBOX_STREAM,
+        group=keys.INBOX_GROUP,
+        consumer=default_consumer_name("agent"),
+        key_of=lambda fields: fields["key"],
+        handle=processor.handle,
+        claim_idle_ms=settings.stream_claim_idle_ms,
     )
     consuming = asyncio.create_task(consumer.run())
     try:
@@ -65,8 +80,12 @@ async def serve(settings: Settings) -> None:
         consuming.cancel()
         await progress.stop()
 
-    await wgrpc.serve(settings.agent_addr, [(agent_pb2_grpc.add_AgentServiceServicer_to_server,
-                                            AgentServicer(inbox))], ["wacoder.v1.AgentService"], on_stop=on_stop)
+    await wgrpc.serve(
+        settings.agent_addr,
+        [(agent_pb2_grpc.add_AgentServiceServicer_to_server, AgentServicer(inbox))],
+        ["wacoder.v1.AgentService"],
+        on_stop=on_stop,
+    )
     await bridge_channel.close()
     await notifier_channel.close()
     await redis.aclose()

@@ -7,8 +7,10 @@ from agent import catalog
 from agent.router import Intent, IntentKind, route
 from agent.turn import Turn
 
-GREETING = ("👋 Hi! I turn your requests into working code with AutoCoder's agents. "
-            "Start with /new <name>, or just tell me what to build. /help lists everything.")
+GREETING = (
+    "👋 Hi! I turn your requests into working code with AutoCoder's agents. "
+    "Start with /new <name>, or just tell me what to build. /help lists everything."
+)
 
 
 async def respond(turn: Turn, text: str) -> str:
@@ -20,8 +22,10 @@ async def _carry_out(turn: Turn, intent: Intent, text: str) -> str:
     match intent.kind:
         case IntentKind.CREATE_PROJECT if intent.name:
             project = await turn.create_project(intent.name, intent.description or "")
-            return (f"✅ Created project *{project.name}* (`{project.project_id}`); it is now your active "
-                    f"project. Tell me what to build in it.")
+            return (
+                f"✅ Created project *{project.name}* (`{project.project_id}`); it is now your active "
+                f"project. Tell me what to build in it."
+            )
         case IntentKind.LIST_PROJECTS:
             from agent.commands import run_command  # the /list wording, written once
 

@@ -12,7 +12,6 @@ import logging
 import time
 
 import redis.asyncio as aioredis
-
 from wacoder import keys
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
@@ -30,9 +29,19 @@ log = logging.getLogger("agent.processor")
 
 
 class Processor:
-    def __init__(self, *, redis: aioredis.Redis, cipher: StateCipher, inbox: Inbox, store: StateStore,
-                 autocoder: AutoCoder, outbound: Outbound, free_text: FreeTextResponder,
-                 progress: ProgressRelay, hash_salt: str) -> None:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        cipher: StateCipher,
+        inbox: Inbox,
+        store: StateStore,
+        autocoder: AutoCoder,
+        outbound: Outbound,
+        free_text: FreeTextResponder,
+        progress: ProgressRelay,
+        hash_salt: str,
+    ) -> None:
         self.redis = redis
         self.cipher = cipher
         self.inbox = inbox
@@ -57,8 +66,14 @@ class Processor:
         # (On the resend path the relay was registered already; startup resumes it.)
         for session_id in sessions:
             self.progress.start(session_id)
-        log.info("message processed", extra={"phone": to_e164(message.sender), "parts": len(parts),
-                                              "duration_ms": round((time.perf_counter() - started) * 1000)})
+        log.info(
+            "message processed",
+            extra={
+                "phone": to_e164(message.sender),
+                "parts": len(parts),
+                "duration_ms": round((time.perf_counter() - started) * 1000),
+            },
+        )
 
     async def _respond(self, message: agent_pb2.InboundMessage) -> tuple[list[str], list[str]]:
         phone = to_e164(message.sender)
@@ -70,8 +85,9 @@ class Processor:
         parts = render(text)
         async with self.redis.pipeline(transaction=True) as pipe:
             self.store.save(pipe, state)
-            pipe.set(keys.agent_replies(message.message_sid), self.cipher.encrypt(json.dumps(parts)),
-                     ex=keys.DAY_S)
+            pipe.set(
+                keys.agent_replies(message.message_sid), self.cipher.encrypt(json.dumps(parts)), ex=keys.DAY_S
+            )
             for project_id in turn.linked_projects:
                 self.store.link_project(pipe, phone, project_id)
             for session_id, project_name in turn.started_sessions:

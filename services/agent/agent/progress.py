@@ -17,7 +17,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-
 from wacoder import keys
 from wacoder.v1 import bridge_pb2
 
@@ -33,8 +32,13 @@ AGENT_ICONS = {"done": "✅", "failed": "❌", "skipped": "⏭️"}
 
 
 class ProgressRelay:
-    def __init__(self, redis: aioredis.Redis, autocoder: AutoCoder, outbound: Outbound,
-                 batch_interval_s: float = BATCH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        autocoder: AutoCoder,
+        outbound: Outbound,
+        batch_interval_s: float = BATCH_INTERVAL_S,
+    ) -> None:
         self.redis = redis
         self.autocoder = autocoder
         self.outbound = outbound
@@ -75,9 +79,14 @@ class ProgressRelay:
             except AutoCoderUnavailable:
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since > GIVE_UP_AFTER_S:
-                    await self._finish(session_id, watch, [
-                        f"⚠️ I lost track of session `{session_id}` (AutoCoder is unreachable). "
-                        f"Ask /status {session_id} later."])
+                    await self._finish(
+                        session_id,
+                        watch,
+                        [
+                            f"⚠️ I lost track of session `{session_id}` (AutoCoder is unreachable). "
+                            f"Ask /status {session_id} later."
+                        ],
+                    )
                     return
                 await asyncio.sleep(2.0)
             except ToolError:
@@ -113,19 +122,24 @@ class ProgressRelay:
                     reader.result()  # re-raises what ended the stream
                     raise AutoCoderUnavailable("watch ended before the session did")
                 if event.final:
-                    await self._finish(session_id, watch, [summary(session_id, watch["project"], event)],
-                                       files=await self._files(session_id, watch))
+                    # The summary keeps the pace too, and carries whatever was still batched.
+                    await asyncio.sleep(max(0.0, last_sent + self.batch_interval_s - time.monotonic()))
+                    text = "\n".join(
+                        [*map(agent_line, pending), summary(session_id, watch["project"], event)]
+                    )
+                    await self._finish(session_id, watch, [text], files=await self._files(session_id, watch))
                     return
                 if event.agent_status in AGENT_ICONS:
                     pending.append(event)
         finally:
             reader.cancel()
 
-    async def _send_batch(self, session_id: str, watch: dict[str, str], batch: list[bridge_pb2.SessionEvent]) -> None:
-        lines = [f"{AGENT_ICONS[e.agent_status]} *{e.agent}* {e.agent_status}: {e.message} ({e.progress}%)"
-                 for e in batch]
+    async def _send_batch(
+        self, session_id: str, watch: dict[str, str], batch: list[bridge_pb2.SessionEvent]
+    ) -> None:
         last = batch[-1].seq
-        await self.outbound.send(watch["to"], render("\n".join(lines)), key=f"progress:{session_id}:{last}")
+        text = "\n".join(map(agent_line, batch))
+        await self.outbound.send(watch["to"], render(text), key=f"progress:{session_id}:{last}")
         await self.redis.hset(keys.session_watch(session_id), "after", last)
         watch["after"] = str(last)
 
@@ -136,8 +150,13 @@ class ProgressRelay:
             return []
         return list(result.get("files", []))
 
-    async def _finish(self, session_id: str, watch: dict[str, str], texts: list[str],
-                      files: list[dict[str, Any]] | None = None) -> None:
+    async def _finish(
+        self,
+        session_id: str,
+        watch: dict[str, str],
+        texts: list[str],
+        files: list[dict[str, Any]] | None = None,
+    ) -> None:
         if files:
             texts = [texts[0] + "\n\n" + files_text(files)]
         for text in texts:
@@ -148,6 +167,13 @@ class ProgressRelay:
             await pipe.execute()
 
 
+def agent_line(event: bridge_pb2.SessionEvent) -> str:
+    # AutoCoder may already start its message with "<agent> <status>:"; say it once.
+    detail = event.message.removeprefix(f"{event.agent} {event.agent_status}:").strip()
+    icon = AGENT_ICONS[event.agent_status]
+    return f"{icon} *{event.agent}* {event.agent_status}: {detail} ({event.progress}%)"
+
+
 def summary(session_id: str, project: str, final: bridge_pb2.SessionEvent) -> str:
     details: dict[str, Any] = json.loads(final.detail_json or "{}")
     status = details.get("status", final.status)
@@ -155,18 +181,24 @@ def summary(session_id: str, project: str, final: bridge_pb2.SessionEvent) -> st
     lines = [f"{icon} Session `{session_id}` in *{project}*: *{status}*"]
     agents = details.get("agents") or {}
     if agents:
-        lines.append("Agents: " + ", ".join(f"{name} {AGENT_ICONS.get(state, state)}"
-                                            for name, state in agents.items()))
+        lines.append(
+            "Agents: "
+            + ", ".join(f"{name} {AGENT_ICONS.get(state, state)}" for name, state in agents.items())
+        )
     tests = details.get("test_results")
     if tests:
-        lines.append(f"Tests: {tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed"
-                     + (f", {tests['errors']} errors" if tests.get("errors") else ""))
+        lines.append(
+            f"Tests: {tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed"
+            + (f", {tests['errors']} errors" if tests.get("errors") else "")
+        )
     if details.get("summary"):
         lines.append(str(details["summary"]))
     return "\n".join(lines)
 
 
-def files_text(files: list[dict[str, Any]]) -> str:
+def files_text(files: list[dict[str, Any]], most: int = 10) -> str:
     lines = [f"*Files* ({len(files)}):"]
-    lines += [f"- {f['path']}: {f['download_url']}" for f in files]
+    lines += [f"- {f['path']}: {f['download_url']}" for f in files[:most]]
+    if len(files) > most:
+        lines.append(f"...and {len(files) - most} more: /files")
     return "\n".join(lines)

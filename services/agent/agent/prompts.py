@@ -1,4 +1,5 @@
 """The LLM's instructions: the seed's WhatsApp system prompt, plus the user's context."""
+# ruff: noqa: E501  (the seed's prompt is kept word for word, long lines included)
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ Always be helpful, professional, and focused on delivering working code.
 def system_prompt(state: ConversationState) -> str:
     context = ["", "Current context:"]
     if state.active_project:
-        context.append(f"- Active project: {state.active_project.name} "
-                       f"(project_id {state.active_project.project_id})")
+        context.append(
+            f"- Active project: {state.active_project.name} (project_id {state.active_project.project_id})"
+        )
     else:
         context.append("- No active project yet.")
     if state.last_session:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 from redis.exceptions import RedisError
-
 from wacoder.inbox import Inbox
 from wacoder.v1 import agent_pb2, agent_pb2_grpc
 
@@ -13,7 +12,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, inbox: Inbox) -> None:
         self.inbox = inbox
 
-    async def SubmitMessage(  # noqa: N802 (gRPC method name)
+    async def SubmitMessage(
         self, request: agent_pb2.SubmitMessageRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.SubmitMessageResponse:
         message = request.message

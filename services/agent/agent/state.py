@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-
 from wacoder import keys
 from wacoder.crypto import InvalidToken, StateCipher
 
@@ -67,7 +66,9 @@ class StateStore:
 
     def save(self, pipe: aioredis.client.Pipeline, state: ConversationState) -> None:
         """Queues the write on `pipe`, so it commits atomically with the replies it produced."""
-        pipe.set(keys.conversation(state.phone), self.cipher.encrypt(state.to_json()), ex=keys.CONVERSATION_TTL_S)
+        pipe.set(
+            keys.conversation(state.phone), self.cipher.encrypt(state.to_json()), ex=keys.CONVERSATION_TTL_S
+        )
 
     async def clear(self, phone: str) -> None:
         await self.redis.delete(keys.conversation(phone))

@@ -54,8 +54,10 @@ class Turn:
             return f"Which project should I work on? {hint}, then send /run again."
         result = await self.start_session(project, task, agents)
         team = ", ".join(result.get("agents", []))
-        return (f"🚀 Started session `{result['session_id']}` in *{project.name}* with: {team}.\n"
-                f"I'll send progress here. /status for details.")
+        return (
+            f"🚀 Started session `{result['session_id']}` in *{project.name}* with: {team}.\n"
+            f"I'll send progress here. /status for details."
+        )
 
     async def start_session(self, project: Project, task: str, agents: list[str] | None) -> dict[str, Any]:
         """Starts a coding session and has its progress relayed to this user."""
@@ -109,9 +111,11 @@ class Turn:
 
 def format_status(details: dict[str, Any]) -> str:
     status = details.get("status", "unknown")
-    lines = [f"{SESSION_STATUS_ICONS.get(status, '•')} Session `{details.get('session_id')}`: *{status}* "
-             f"({details.get('progress', 0)}%)",
-             f"Task: _{details.get('task', '')}_"]
+    lines = [
+        f"{SESSION_STATUS_ICONS.get(status, '•')} Session `{details.get('session_id')}`: *{status}* "
+        f"({details.get('progress', 0)}%)",
+        f"Task: _{details.get('task', '')}_",
+    ]
     agents = details.get("agents") or {}
     if agents:
         lines.append("Agents: " + ", ".join(f"{name} {state}" for name, state in agents.items()))

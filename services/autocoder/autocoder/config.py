@@ -7,6 +7,7 @@ LLM). What only this server needs lives here, read from the same environment / `
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,9 @@ class AutoCoderConfig(BaseSettings):
     # HMAC key for download URLs; unset: a random key persisted in the data dir.
     signing_key: SecretStr | None = None
     url_ttl_s: int = 3600
+    # "auto": the agents prompt the LLM when OPENAI_API_KEY is set; "builtin": never (the
+    # built-in generators), e.g. when the key is meant for the conversation agent only.
+    llm: Literal["auto", "builtin"] = "auto"
     # The tester agent's sandbox: wall clock and address-space limit of one pytest run.
     test_timeout_s: float = 60.0
     test_memory_mb: int = 2048

@@ -43,7 +43,7 @@ def build(settings: Settings, config: AutoCoderConfig) -> tuple[Any, Store]:
     signer = UrlSigner(key, base_url, config.url_ttl_s)
 
     llm = None
-    if settings.openai_api_key is not None:
+    if settings.openai_api_key is not None and config.llm == "auto":
         llm = LLMGenerator(
             settings.openai_api_key.get_secret_value(),
             settings.openai_base_url,
@@ -121,7 +121,7 @@ def main() -> None:
             "data_dir": str(config.data_dir),
         },
     )
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             host=settings.autocoder_host,

@@ -30,6 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_CHARS = 2000
+_CONFIG_FILES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
 
 _GUARD = textwrap.dedent("""
     # Installed by AutoCoder's sandbox: generated tests may not reach the network.
@@ -168,6 +169,11 @@ async def run_pytest(project_dir: Path, timeout_s: float, memory_mb: int) -> Tes
             "-o",
             "junit_family=xunit2",
         ]
+        if not any((project_dir / name).exists() for name in _CONFIG_FILES):
+            # Without a config of its own pytest would adopt one from a parent directory (ours,
+            # when the data dir lives in the repo): pin an empty one and the project as rootdir.
+            (tmp_dir / "pytest.ini").write_text("[pytest]\n")
+            argv += ["-c", str(tmp_dir / "pytest.ini"), f"--rootdir={project_dir}"]
         if isolation == "unshare":
             argv = ["unshare", "-rn", *argv]
         limit = memory_mb * 1024 * 1024

@@ -37,8 +37,9 @@ class BreakerOpen(Exception):
 
 
 class CircuitBreaker:
-    def __init__(self, failure_threshold: int, reset_timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, failure_threshold: int, reset_timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.failure_threshold = max(1, failure_threshold)
         self.reset_timeout_s = reset_timeout_s
         self._clock = clock
@@ -90,9 +91,10 @@ class CircuitBreaker:
         self._transition(BreakerState.OPEN)
 
     def _transition(self, new: BreakerState) -> None:
-        log.warning("circuit breaker state change",
-                    extra={"from_state": self._state.value, "to_state": new.value,
-                           "failures": self._failures})
+        log.warning(
+            "circuit breaker state change",
+            extra={"from_state": self._state.value, "to_state": new.value, "failures": self._failures},
+        )
         self._state = new
         if new is BreakerState.CLOSED:
             self._failures = 0

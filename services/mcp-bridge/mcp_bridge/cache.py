@@ -72,8 +72,11 @@ class ResultCache:
 
     async def note_session_status(self, caller: str, session_id: str, status: Any) -> None:
         if session_id and status in ENDED_STATUSES:
-            await self._safe(self.redis.set(keys.session_ended(caller, session_id), str(status),
-                                            ex=keys.SESSION_ENDED_TTL_S))
+            await self._safe(
+                self.redis.set(
+                    keys.session_ended(caller, session_id), str(status), ex=keys.SESSION_ENDED_TTL_S
+                )
+            )
 
     async def _safe(self, op: Any) -> Any:
         try:

@@ -28,22 +28,39 @@ SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["McpBridgeService"].full_n
 async def run(settings: BridgeSettings) -> None:
     redis = connect(settings)
     api_key = settings.autocoder_api_key.get_secret_value() if settings.autocoder_api_key else None
-    session = McpSession(settings.autocoder_mcp_url, api_key=api_key,
-                         connect_timeout_s=min(settings.mcp_connect_timeout_s, settings.mcp_call_timeout_s),
-                         call_timeout_s=settings.mcp_call_timeout_s)
+    session = McpSession(
+        settings.autocoder_mcp_url,
+        api_key=api_key,
+        connect_timeout_s=min(settings.mcp_connect_timeout_s, settings.mcp_call_timeout_s),
+        call_timeout_s=settings.mcp_call_timeout_s,
+    )
     breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_timeout_s)
-    tools = ToolCaller(session, breaker, timeout_s=settings.mcp_call_timeout_s, retries=settings.mcp_retries,
-                       backoff_base_s=settings.mcp_backoff_base_s, retry_budget_s=settings.mcp_retry_budget_s)
-    servicer = McpBridgeServicer(session, breaker, tools, ResultCache(redis),
-                                 watch_poll_interval_s=settings.watch_poll_interval_s,
-                                 watch_max_outage_s=settings.watch_max_outage_s)
+    tools = ToolCaller(
+        session,
+        breaker,
+        timeout_s=settings.mcp_call_timeout_s,
+        retries=settings.mcp_retries,
+        backoff_base_s=settings.mcp_backoff_base_s,
+        retry_budget_s=settings.mcp_retry_budget_s,
+    )
+    servicer = McpBridgeServicer(
+        session,
+        breaker,
+        tools,
+        ResultCache(redis),
+        watch_poll_interval_s=settings.watch_poll_interval_s,
+        watch_max_outage_s=settings.watch_max_outage_s,
+    )
     log.info("mcp-bridge starting", extra={"autocoder_url": settings.autocoder_mcp_url})
     try:
         # serve() returns once in-flight calls have drained after SIGTERM; watches are told to
         # end first (on_stop), then the MCP session and Redis close.
-        await serve(settings.mcp_bridge_addr,
-                    [(bridge_pb2_grpc.add_McpBridgeServiceServicer_to_server, servicer)],  # type: ignore[list-item]
-                    [SERVICE_NAME], on_stop=servicer.stop)
+        await serve(
+            settings.mcp_bridge_addr,
+            [(bridge_pb2_grpc.add_McpBridgeServiceServicer_to_server, servicer)],  # type: ignore[list-item]
+            [SERVICE_NAME],
+            on_stop=servicer.stop,
+        )
     finally:
         await session.close()
         await redis.aclose()

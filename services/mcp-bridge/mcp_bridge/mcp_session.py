@@ -71,7 +71,8 @@ class _Call:
     meta: dict[str, Any]
     timeout_s: float
     future: asyncio.Future[mcp_types.CallToolResult] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -124,9 +125,12 @@ class _WatchedTransport(httpx.AsyncBaseTransport):
         if request.method != "POST":
             return response
         assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(status_code=response.status_code, headers=response.headers,
-                              stream=_WatchedStream(response.stream, self._on_broken),
-                              extensions=response.extensions)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_WatchedStream(response.stream, self._on_broken),
+            extensions=response.extensions,
+        )
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -135,8 +139,9 @@ class _WatchedTransport(httpx.AsyncBaseTransport):
 class _Connection:
     """One MCP session, owned by one task, from connect until it drops or is closed."""
 
-    def __init__(self, url: str, headers: dict[str, str], connect_timeout_s: float,
-                 read_timeout_s: float) -> None:
+    def __init__(
+        self, url: str, headers: dict[str, str], connect_timeout_s: float, read_timeout_s: float
+    ) -> None:
         self.url = url
         self.headers = headers
         self.connect_timeout_s = connect_timeout_s
@@ -172,8 +177,9 @@ class _Connection:
         timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
         try:
             async with (
-                httpx.AsyncClient(headers=self.headers, timeout=timeout,
-                                  transport=_WatchedTransport(self._response_broken)) as http,
+                httpx.AsyncClient(
+                    headers=self.headers, timeout=timeout, transport=_WatchedTransport(self._response_broken)
+                ) as http,
                 streamable_http_client(self.url, http_client=http) as (read, write, _),
                 ClientSession(read, write) as session,
             ):
@@ -217,14 +223,19 @@ class _Connection:
             # The gRPC caller went away: stop waiting on AutoCoder for it.
             call.future.add_done_callback(lambda f: scope.cancel() if f.cancelled() else None)
             try:
-                result = await session.call_tool(call.name, call.arguments,
-                                                 read_timeout_seconds=timedelta(seconds=call.timeout_s),
-                                                 meta=call.meta)
+                result = await session.call_tool(
+                    call.name,
+                    call.arguments,
+                    read_timeout_seconds=timedelta(seconds=call.timeout_s),
+                    meta=call.meta,
+                )
             except McpError as exc:
                 self._settle(call, self._from_mcp_error(exc))
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-                self._settle(call, TransportFailure(f"MCP session closed ({type(exc).__name__})",
-                                                    may_have_reached=True))
+                self._settle(
+                    call,
+                    TransportFailure(f"MCP session closed ({type(exc).__name__})", may_have_reached=True),
+                )
             except Exception as exc:
                 # e.g. the SDK's check of structured output against the tool's schema.
                 self._settle(call, ProtocolError(f"{type(exc).__name__}: {exc}"))
@@ -240,8 +251,9 @@ class _Connection:
         if code == _SESSION_TERMINATED_CODE:
             # AutoCoder restarted and forgot our session: it rejected the request unread.
             self.retire()
-            return TransportFailure("AutoCoder no longer knows the MCP session (it restarted)",
-                                    may_have_reached=False)
+            return TransportFailure(
+                "AutoCoder no longer knows the MCP session (it restarted)", may_have_reached=False
+            )
         if code == mcp_types.CONNECTION_CLOSED:
             self.retire()
             return TransportFailure("MCP connection closed", may_have_reached=True)
@@ -259,25 +271,32 @@ class _Connection:
     def _fail_everything(self, error: BaseException | None) -> None:
         reason = _describe(error)
         if not self.ready.done():
-            self.ready.set_exception(TransportFailure(f"cannot connect to AutoCoder: {reason}",
-                                                      may_have_reached=False))
+            self.ready.set_exception(
+                TransportFailure(f"cannot connect to AutoCoder: {reason}", may_have_reached=False)
+            )
         refused_only = error is not None and all(isinstance(e, _CONNECT_ERRORS) for e in _leaves(error))
         alone = len(self.in_flight) == 1
         for call in list(self.in_flight):
-            self._settle(call, TransportFailure(f"connection to AutoCoder lost: {reason}",
-                                                may_have_reached=not (refused_only and alone)))
+            self._settle(
+                call,
+                TransportFailure(
+                    f"connection to AutoCoder lost: {reason}", may_have_reached=not (refused_only and alone)
+                ),
+            )
         while not self.queue.empty():
             call = self.queue.get_nowait()
             if call is not None:
-                self._settle(call, TransportFailure(f"connection to AutoCoder lost: {reason}",
-                                                    may_have_reached=False))
+                self._settle(
+                    call, TransportFailure(f"connection to AutoCoder lost: {reason}", may_have_reached=False)
+                )
 
 
 class McpSession:
     """What the rest of the bridge sees: call a tool, list the tools; connects as needed."""
 
-    def __init__(self, url: str, *, api_key: str | None, connect_timeout_s: float,
-                 call_timeout_s: float) -> None:
+    def __init__(
+        self, url: str, *, api_key: str | None, connect_timeout_s: float, call_timeout_s: float
+    ) -> None:
         self.url = url
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.connect_timeout_s = connect_timeout_s
@@ -292,8 +311,9 @@ class McpSession:
         if self._closed:
             raise TransportFailure("mcp-bridge is shutting down", may_have_reached=False)
         if self._connection is None or self._connection.dead:
-            self._connection = _Connection(self.url, self.headers, self.connect_timeout_s,
-                                           self.read_timeout_s)
+            self._connection = _Connection(
+                self.url, self.headers, self.connect_timeout_s, self.read_timeout_s
+            )
         connection = self._connection
         try:
             tools = await asyncio.wait_for(asyncio.shield(connection.ready), self.connect_timeout_s + 1)
@@ -303,8 +323,9 @@ class McpSession:
         self.tools = tools  # refreshed on every (re)connect
         return connection
 
-    async def call_tool(self, name: str, arguments: dict[str, Any], meta: dict[str, Any],
-                        timeout_s: float) -> mcp_types.CallToolResult:
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], meta: dict[str, Any], timeout_s: float
+    ) -> mcp_types.CallToolResult:
         """One attempt. Raises TransportFailure, CallTimeout or ProtocolError."""
         connection = await self.connect()
         call = _Call(name, arguments, meta, timeout_s)

@@ -31,8 +31,16 @@ log = logging.getLogger("mcp_bridge.servicer")
 
 
 class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
-    def __init__(self, session: McpSession, breaker: CircuitBreaker, tools: ToolCaller, cache: ResultCache, *,
-                 watch_poll_interval_s: float, watch_max_outage_s: float) -> None:
+    def __init__(
+        self,
+        session: McpSession,
+        breaker: CircuitBreaker,
+        tools: ToolCaller,
+        cache: ResultCache,
+        *,
+        watch_poll_interval_s: float,
+        watch_max_outage_s: float,
+    ) -> None:
         self.session = session
         self.breaker = breaker
         self.tools = tools
@@ -41,8 +49,9 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
         self.watch_max_outage_s = watch_max_outage_s
         self.stopping = asyncio.Event()
 
-    async def ListTools(self, request: bridge_pb2.ListToolsRequest,
-                        context: grpc.aio.ServicerContext) -> bridge_pb2.ListToolsResponse:
+    async def ListTools(
+        self, request: bridge_pb2.ListToolsRequest, context: grpc.aio.ServicerContext
+    ) -> bridge_pb2.ListToolsResponse:
         if self.session.tools is None:
             # Not connected yet: connect now, through the breaker like any other use of AutoCoder.
             try:
@@ -58,14 +67,18 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
                 self.breaker.release()
                 raise
             self.breaker.record_success()
-        return bridge_pb2.ListToolsResponse(tools=[
-            bridge_pb2.Tool(name=t.name, description=t.description or "",
-                            input_schema_json=json.dumps(t.inputSchema))
-            for t in self.session.tools or []
-        ])
+        return bridge_pb2.ListToolsResponse(
+            tools=[
+                bridge_pb2.Tool(
+                    name=t.name, description=t.description or "", input_schema_json=json.dumps(t.inputSchema)
+                )
+                for t in self.session.tools or []
+            ]
+        )
 
-    async def CallTool(self, request: bridge_pb2.CallToolRequest,
-                       context: grpc.aio.ServicerContext) -> bridge_pb2.CallToolResponse:
+    async def CallTool(
+        self, request: bridge_pb2.CallToolRequest, context: grpc.aio.ServicerContext
+    ) -> bridge_pb2.CallToolResponse:
         name, caller = request.name.strip(), request.caller.strip()
         if not caller:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "caller is required")
@@ -95,22 +108,33 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
         self._log_call(name, caller, started, "tool_error" if outcome.is_error else "ok")
         if slot is not None and not outcome.is_error:
             await self.cache.put(slot, outcome.result)
-        return bridge_pb2.CallToolResponse(result_json=outcome.result_json, is_error=outcome.is_error,
-                                           error_message=outcome.error_message)
+        return bridge_pb2.CallToolResponse(
+            result_json=outcome.result_json, is_error=outcome.is_error, error_message=outcome.error_message
+        )
 
-    async def WatchSession(self, request: bridge_pb2.WatchSessionRequest,
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[bridge_pb2.SessionEvent]:
+    async def WatchSession(
+        self, request: bridge_pb2.WatchSessionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bridge_pb2.SessionEvent]:
         session_id, caller = request.session_id.strip(), request.caller.strip()
         if not caller:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "caller is required")
         if not session_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
-        log.info("watch started", extra={"session_id": session_id, "caller": caller,
-                                         "after_event": request.after_event})
+        log.info(
+            "watch started",
+            extra={"session_id": session_id, "caller": caller, "after_event": request.after_event},
+        )
         try:
-            async for event in watch_session(self.tools, self.cache, session_id, caller, request.after_event,
-                                             poll_interval_s=self.watch_poll_interval_s,
-                                             max_outage_s=self.watch_max_outage_s, stopping=self.stopping):
+            async for event in watch_session(
+                self.tools,
+                self.cache,
+                session_id,
+                caller,
+                request.after_event,
+                poll_interval_s=self.watch_poll_interval_s,
+                max_outage_s=self.watch_max_outage_s,
+                stopping=self.stopping,
+            ):
                 yield event
         except SessionNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc) or f"session {session_id} not found")
@@ -123,9 +147,16 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
         self.stopping.set()
 
     def _log_call(self, name: str, caller: str, started: float, outcome: str) -> None:
-        log.info("tool call", extra={"tool": name, "caller": caller, "outcome": outcome,
-                                     "latency_ms": round((time.monotonic() - started) * 1000),
-                                     "breaker": self.breaker.state.value})
+        log.info(
+            "tool call",
+            extra={
+                "tool": name,
+                "caller": caller,
+                "outcome": outcome,
+                "latency_ms": round((time.monotonic() - started) * 1000),
+                "breaker": self.breaker.state.value,
+            },
+        )
 
 
 async def _arguments(arguments_json: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:

@@ -27,7 +27,8 @@ log = logging.getLogger("mcp_bridge.tool_calls")
 
 # Tools that may run twice without harm; anything else is retried only if it surely did not run.
 IDEMPOTENT_TOOLS = frozenset(
-    {"list_projects", "get_session_details", "get_session_files", "check_system_health"})
+    {"list_projects", "get_session_details", "get_session_files", "check_system_health"}
+)
 
 
 class Unavailable(Exception):
@@ -64,8 +65,16 @@ def outcome_of(result: mcp_types.CallToolResult) -> ToolOutcome:
 
 
 class ToolCaller:
-    def __init__(self, session: McpSession, breaker: CircuitBreaker, *, timeout_s: float, retries: int,
-                 backoff_base_s: float, retry_budget_s: float) -> None:
+    def __init__(
+        self,
+        session: McpSession,
+        breaker: CircuitBreaker,
+        *,
+        timeout_s: float,
+        retries: int,
+        backoff_base_s: float,
+        retry_budget_s: float,
+    ) -> None:
         self.session = session
         self.breaker = breaker
         self.timeout_s = timeout_s
@@ -94,8 +103,10 @@ class ToolCaller:
             if isinstance(exc, CallTimeout):
                 raise CallTimeout(f"AutoCoder did not answer {name} within {self.timeout_s:g} s") from exc
             if exc.may_have_reached and not self.is_idempotent(name):
-                raise Unavailable(f"the connection to AutoCoder was lost during {name}; it may or may not "
-                                  f"have run, check before retrying ({exc})") from exc
+                raise Unavailable(
+                    f"the connection to AutoCoder was lost during {name}; it may or may not "
+                    f"have run, check before retrying ({exc})"
+                ) from exc
             raise Unavailable(f"AutoCoder is unreachable: {exc}") from exc
         finally:
             if not verdict_given:

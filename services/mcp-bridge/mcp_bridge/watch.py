@@ -71,9 +71,17 @@ def final_message(session_id: str, details: dict[str, Any], last_seq: int) -> br
     )
 
 
-async def watch_session(tools: ToolCaller, cache: ResultCache, session_id: str, caller: str, after_event: int,
-                        *, poll_interval_s: float, max_outage_s: float,
-                        stopping: asyncio.Event) -> AsyncIterator[bridge_pb2.SessionEvent]:
+async def watch_session(
+    tools: ToolCaller,
+    cache: ResultCache,
+    session_id: str,
+    caller: str,
+    after_event: int,
+    *,
+    poll_interval_s: float,
+    max_outage_s: float,
+    stopping: asyncio.Event,
+) -> AsyncIterator[bridge_pb2.SessionEvent]:
     last_seq = max(0, after_event)
     last_contact = time.monotonic()
     backoff = poll_interval_s
@@ -83,8 +91,10 @@ async def watch_session(tools: ToolCaller, cache: ResultCache, session_id: str, 
             outcome = await tools.call("get_session_details", arguments, caller)
         except (BreakerOpen, Unavailable, CallTimeout) as exc:
             if time.monotonic() - last_contact > max_outage_s:
-                raise WatchOutage(f"AutoCoder unavailable for over {max_outage_s:g} s while watching the "
-                                  f"session ({exc}); resume with after_event={last_seq}") from exc
+                raise WatchOutage(
+                    f"AutoCoder unavailable for over {max_outage_s:g} s while watching the "
+                    f"session ({exc}); resume with after_event={last_seq}"
+                ) from exc
             log.info("watch poll failed, backing off", extra={"session_id": session_id, "error": str(exc)})
             await _sleep(backoff, stopping)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)

@@ -8,8 +8,13 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 
-def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None = None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int,
+    base_s: float,
+    cap_s: float,
+    retry_after_s: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
     """The delay before attempt `attempt + 1`, after `attempt` (>= 1) failed tries.
 
     Full jitter (uniform in [0, min(cap, base * 2**(attempt-1))]) spreads retries of many

@@ -44,9 +44,12 @@ async def run() -> None:
             await worker_task
 
     try:
-        await serve(settings.notifier_addr,
-                    [(notifier_pb2_grpc.add_NotifierServiceServicer_to_server, NotifierService(outbox))],
-                    [SERVICE_NAME], on_stop=on_stop)
+        await serve(
+            settings.notifier_addr,
+            [(notifier_pb2_grpc.add_NotifierServiceServicer_to_server, NotifierService(outbox))],
+            [SERVICE_NAME],
+            on_stop=on_stop,
+        )
     finally:
         await sender.close()
         await redis.aclose()

@@ -113,7 +113,7 @@ def split_body(body: str) -> list[str]:
         from wacoder.whatsapp_text import split_message
     except ImportError:  # pragma: no cover - only while the shared splitter is not installed
         log.warning("wacoder.whatsapp_text is missing; splitting without numbering")
-        return [body[i:i + MAX_BODY] for i in range(0, len(body), MAX_BODY)] or [body]
+        return [body[i : i + MAX_BODY] for i in range(0, len(body), MAX_BODY)] or [body]
     return split_message(body, MAX_BODY)
 
 
@@ -127,8 +127,9 @@ class Outbox:
     def recipient_hash(self, to: str) -> str:
         return phone_hash(to, self.salt)
 
-    async def enqueue(self, to: str, body: str, idempotency_key: str,
-                      media_urls: Sequence[str] = ()) -> EnqueueResult:
+    async def enqueue(
+        self, to: str, body: str, idempotency_key: str, media_urls: Sequence[str] = ()
+    ) -> EnqueueResult:
         """Stores the message (split into parts) atomically; a repeat key is a duplicate.
 
         Media go with the first part, so a picture and its caption arrive together.
@@ -142,9 +143,14 @@ class Outbox:
         for index, part in enumerate(parts):
             media = json.dumps(list(media_urls)) if media_urls and index == 0 else ""
             values = {
-                "v": "1", "to": enc_to, "to_hash": to_hash, "body": self.cipher.encrypt(part),
-                "media": self.cipher.encrypt(media) if media else "", "key": idempotency_key,
-                "part": f"{index + 1}/{len(parts)}", "queued_at": now,
+                "v": "1",
+                "to": enc_to,
+                "to_hash": to_hash,
+                "body": self.cipher.encrypt(part),
+                "media": self.cipher.encrypt(media) if media else "",
+                "key": idempotency_key,
+                "part": f"{index + 1}/{len(parts)}",
+                "queued_at": now,
             }
             for name in _FIELDS:
                 argv += [name, values[name]]
@@ -165,10 +171,15 @@ class Outbox:
 
     async def mark_accepted(self, entry: OutboxEntry, sid: str) -> None:
         """Twilio accepted the entry: record it and acknowledge it in one atomic round trip."""
-        script_keys, argv = delivery.record_accepted_args(sid, {
-            "to_hash": entry.to_hash, "idempotency_key": entry.idempotency_key, "outbox_id": entry.id,
-            "payload": entry.payload(),
-        })
+        script_keys, argv = delivery.record_accepted_args(
+            sid,
+            {
+                "to_hash": entry.to_hash,
+                "idempotency_key": entry.idempotency_key,
+                "outbox_id": entry.id,
+                "payload": entry.payload(),
+            },
+        )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.eval(delivery.APPLY_SCRIPT, len(script_keys), *script_keys, *argv)
             pipe.set(sent_marker(entry.id), sid, ex=keys.DAY_S)
@@ -178,9 +189,14 @@ class Outbox:
 
     async def dead_letter(self, entry: OutboxEntry, reason: dict[str, str]) -> None:
         """Gives up on the entry: keeps it (encrypted, phone hashed) with why, for a replay."""
-        record = {**reason, "outbox_id": entry.id, "to_hash": entry.to_hash,
-                  "idempotency_key": entry.idempotency_key, "payload": entry.payload(),
-                  "failed_at": f"{time.time():.3f}"}
+        record = {
+            **reason,
+            "outbox_id": entry.id,
+            "to_hash": entry.to_hash,
+            "idempotency_key": entry.idempotency_key,
+            "payload": entry.payload(),
+            "failed_at": f"{time.time():.3f}",
+        }
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(keys.DEAD_LETTER_STREAM, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
             pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)

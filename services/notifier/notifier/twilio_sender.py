@@ -52,7 +52,7 @@ class RewritingHttpClient(AsyncTwilioHttpClient):
 
     def rewrite(self, url: str) -> str:
         if url.startswith(TWILIO_API):
-            return self.base_url + url[len(TWILIO_API):]
+            return self.base_url + url[len(TWILIO_API) :]
         return url
 
     async def request(
@@ -115,8 +115,9 @@ class SendOutcome:
 class TwilioSender:
     def __init__(self, settings: Settings) -> None:
         self.http = RewritingHttpClient(settings.twilio_api_base_url)
-        self.client = Client(settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(),
-                             http_client=self.http)
+        self.client = Client(
+            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), http_client=self.http
+        )
         self.from_ = settings.twilio_whatsapp_number
         self.status_callback = settings.public_base_url.rstrip("/") + "/webhook/status"
 
@@ -132,9 +133,12 @@ class TwilioSender:
             message = await self.client.messages.create_async(**kwargs)
         except (TwilioRestException, TwilioServiceException) as exc:
             code = exc.code if isinstance(exc.code, int) else None
-            return SendOutcome(status=exc.status, error_code=code,
-                               retry_after_s=parse_retry_after(box.headers.get("retry-after")),
-                               detail=type(exc).__name__)
+            return SendOutcome(
+                status=exc.status,
+                error_code=code,
+                retry_after_s=parse_retry_after(box.headers.get("retry-after")),
+                detail=type(exc).__name__,
+            )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return SendOutcome(detail=type(exc).__name__)
         finally:
@@ -143,4 +147,3 @@ class TwilioSender:
 
     async def close(self) -> None:
         await self.http.close()
-

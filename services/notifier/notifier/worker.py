@@ -65,8 +65,14 @@ class _Lane:
 
 
 class OutboxWorker:
-    def __init__(self, redis: aioredis.Redis, outbox: Outbox, sender: TwilioSender,
-                 limiter: SendRateLimiter, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        outbox: Outbox,
+        sender: TwilioSender,
+        limiter: SendRateLimiter,
+        settings: Settings,
+    ) -> None:
         self.redis = redis
         self.outbox = outbox
         self.sender = sender
@@ -90,8 +96,10 @@ class OutboxWorker:
                 await self._resume_own()
                 await self._consume()
             except (RedisError, OSError) as exc:
-                log.warning("outbox read failed; retrying", extra={"error": type(exc).__name__,
-                                                                   "retry_in_s": round(delay, 2)})
+                log.warning(
+                    "outbox read failed; retrying",
+                    extra={"error": type(exc).__name__, "retry_in_s": round(delay, 2)},
+                )
                 await self._sleep(delay)
                 delay = min(REDIS_RETRY_MAX_S, delay * 2)
             except asyncio.CancelledError:
@@ -112,8 +120,9 @@ class OutboxWorker:
         """Entries delivered to this consumer name before a crash or restart, in order."""
         last = "0"
         while not self.stopping.is_set():
-            reply = await self.redis.xreadgroup(keys.OUTBOX_GROUP, self.consumer, {keys.OUTBOX_STREAM: last},
-                                                count=READ_COUNT)
+            reply = await self.redis.xreadgroup(
+                keys.OUTBOX_GROUP, self.consumer, {keys.OUTBOX_STREAM: last}, count=READ_COUNT
+            )
             entries = reply[0][1] if reply else []
             if not entries:
                 return
@@ -136,8 +145,13 @@ class OutboxWorker:
             if room <= 0:
                 await self._sleep(0.1)
                 continue
-            reply = await self.redis.xreadgroup(keys.OUTBOX_GROUP, self.consumer, {keys.OUTBOX_STREAM: ">"},
-                                                count=min(READ_COUNT, room), block=500)
+            reply = await self.redis.xreadgroup(
+                keys.OUTBOX_GROUP,
+                self.consumer,
+                {keys.OUTBOX_STREAM: ">"},
+                count=min(READ_COUNT, room),
+                block=500,
+            )
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     await self._dispatch(entry_id, fields)
@@ -145,9 +159,14 @@ class OutboxWorker:
     async def _claim_abandoned(self) -> None:
         start = "0-0"
         while not self.stopping.is_set():
-            reply = await self.redis.xautoclaim(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, self.consumer,
-                                                min_idle_time=self.claim_idle_ms, start_id=start,
-                                                count=READ_COUNT)
+            reply = await self.redis.xautoclaim(
+                keys.OUTBOX_STREAM,
+                keys.OUTBOX_GROUP,
+                self.consumer,
+                min_idle_time=self.claim_idle_ms,
+                start_id=start,
+                count=READ_COUNT,
+            )
             start, claimed = reply[0], reply[1]
             for entry_id, fields in claimed:
                 log.info("claimed an abandoned outbox entry", extra={"outbox_id": entry_id})
@@ -161,8 +180,14 @@ class OutboxWorker:
             return
         ids = list(self._held)
         for i in range(0, len(ids), 500):
-            await self.redis.xclaim(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, self.consumer, min_idle_time=0,
-                                    message_ids=ids[i:i + 500], justid=True)
+            await self.redis.xclaim(
+                keys.OUTBOX_STREAM,
+                keys.OUTBOX_GROUP,
+                self.consumer,
+                min_idle_time=0,
+                message_ids=ids[i : i + 500],
+                justid=True,
+            )
 
     async def _dispatch(self, entry_id: str, fields: dict[str, str] | None) -> None:
         if entry_id in self._held:
@@ -184,7 +209,15 @@ class OutboxWorker:
         try:
             while lane.entries and not self.stopping.is_set():
                 entry = lane.entries[0]
-                done = await self._process(entry)
+                try:
+                    done = await self._process(entry)
+                except Exception:
+                    # A bug must not strand the recipient's queue until the next restart.
+                    log.exception(
+                        "sending an outbox entry crashed; retrying it", extra={"outbox_id": entry.id}
+                    )
+                    await self._sleep(1.0)
+                    continue
                 if not done:
                     return  # stopping: the rest stays pending in the stream for the next start
                 lane.entries.popleft()
@@ -220,28 +253,61 @@ class OutboxWorker:
             attempts += 1
             last = await self.sender.send(message.to, message.body, message.media_urls)
             if last.sid is not None:
-                log.info("sent", extra={"phone": message.to, "outbox_id": entry.id, "twilio_sid": last.sid,
-                                        "attempts": attempts})
+                log.info(
+                    "sent",
+                    extra={
+                        "phone": message.to,
+                        "outbox_id": entry.id,
+                        "twilio_sid": last.sid,
+                        "attempts": attempts,
+                    },
+                )
                 # Twilio has it: from here on, only recording is left, never a second send.
                 return await self._finish(partial(self.outbox.mark_accepted, entry, last.sid), must=True)
             if last.outside_window:
-                log.info("recipient outside the 24h window; parked", extra={"phone": message.to,
-                                                                            "outbox_id": entry.id})
+                log.info(
+                    "recipient outside the 24h window; parked",
+                    extra={"phone": message.to, "outbox_id": entry.id},
+                )
                 return await self._finish(partial(self.outbox.park, entry))
             if not last.retryable or attempts >= self.settings.notifier_max_attempts:
                 reason = "permanent" if not last.retryable else "max_attempts"
-                log.warning("dead-lettered", extra={
-                    "phone": message.to, "outbox_id": entry.id, "reason": reason, "status": last.status,
-                    "error_code": last.error_code, "attempts": attempts})
-                record = {"reason": reason, "status": str(last.status or ""),
-                          "error_code": str(last.error_code or ""), "error": last.detail,
-                          "attempts": str(attempts)}
+                log.warning(
+                    "dead-lettered",
+                    extra={
+                        "phone": message.to,
+                        "outbox_id": entry.id,
+                        "reason": reason,
+                        "status": last.status,
+                        "error_code": last.error_code,
+                        "attempts": attempts,
+                    },
+                )
+                record = {
+                    "reason": reason,
+                    "status": str(last.status or ""),
+                    "error_code": str(last.error_code or ""),
+                    "error": last.detail,
+                    "attempts": str(attempts),
+                }
                 return await self._finish(partial(self.outbox.dead_letter, entry, record))
-            delay = backoff_delay(attempts, self.settings.notifier_backoff_base_s,
-                                  self.settings.notifier_backoff_max_s, last.retry_after_s, self._rng)
-            log.info("send failed; retrying", extra={"outbox_id": entry.id, "status": last.status,
-                                                     "error_code": last.error_code, "attempts": attempts,
-                                                     "retry_in_s": round(delay, 3)})
+            delay = backoff_delay(
+                attempts,
+                self.settings.notifier_backoff_base_s,
+                self.settings.notifier_backoff_max_s,
+                last.retry_after_s,
+                self._rng,
+            )
+            log.info(
+                "send failed; retrying",
+                extra={
+                    "outbox_id": entry.id,
+                    "status": last.status,
+                    "error_code": last.error_code,
+                    "attempts": attempts,
+                    "retry_in_s": round(delay, 3),
+                },
+            )
             if not await self._sleep(delay):
                 return False
         return False
@@ -258,8 +324,9 @@ class OutboxWorker:
                 await write()
                 return True
             except (RedisError, OSError) as exc:
-                log.warning("recording an outbox result failed; retrying",
-                            extra={"error": type(exc).__name__})
+                log.warning(
+                    "recording an outbox result failed; retrying", extra={"error": type(exc).__name__}
+                )
                 if self.stopping.is_set() and not must:
                     return False
                 await asyncio.sleep(delay)

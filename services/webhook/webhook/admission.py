@@ -6,7 +6,6 @@ from __future__ import annotations
 from enum import StrEnum
 
 import redis.asyncio as aioredis
-
 from wacoder import keys
 from wacoder.settings import Settings
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 
 import grpc
-
 from wacoder.inbox import Enqueued, Inbox
 from wacoder.v1 import agent_pb2, agent_pb2_grpc
 
@@ -27,6 +26,7 @@ class Handoff:
             )
             return Enqueued(duplicate=reply.duplicate, entry_id=reply.entry_id)
         except grpc.aio.AioRpcError as error:
-            log.warning("agent unavailable, storing in its inbox directly",
-                        extra={"grpc_code": error.code().name})
+            log.warning(
+                "agent unavailable, storing in its inbox directly", extra={"grpc_code": error.code().name}
+            )
         return await self.inbox.enqueue(message)

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 import grpc
 import redis.asyncio as aioredis
-
 from wacoder.grpc import check_health
 from wacoder.redis import ping
 

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
-
 from wacoder import grpc as wgrpc
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
@@ -16,6 +15,7 @@ from wacoder.logs import setup_logging
 from wacoder.redis import connect
 from wacoder.settings import Settings, get_settings
 from wacoder.v1 import agent_pb2_grpc
+
 from webhook.admission import Gate
 from webhook.handoff import Handoff
 from webhook.routes import Deps, router
@@ -34,11 +34,17 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.deps = Deps(
             settings=settings,
             redis=redis,
-            signatures=SignatureChecker(settings.public_base_url, settings.twilio_auth_token.get_secret_value()),
+            signatures=SignatureChecker(
+                settings.public_base_url, settings.twilio_auth_token.get_secret_value()
+            ),
             gate=Gate(redis, settings),
-            handoff=Handoff(agent_pb2_grpc.AgentServiceStub(channels["agent"]),
-                            Inbox(redis, StateCipher.from_settings(settings), settings.phone_hash_salt.get_secret_value()),
-                            settings.grpc_fast_timeout_s),
+            handoff=Handoff(
+                agent_pb2_grpc.AgentServiceStub(channels["agent"]),
+                Inbox(
+                    redis, StateCipher.from_settings(settings), settings.phone_hash_salt.get_secret_value()
+                ),
+                settings.grpc_fast_timeout_s,
+            ),
             channels=channels,
         )
         yield
@@ -59,8 +65,13 @@ def create_app(settings: Settings) -> FastAPI:
 def main() -> None:
     settings = get_settings()
     setup_logging(settings, "webhook")
-    uvicorn.run(create_app(settings), host=settings.webhook_host, port=settings.webhook_port,
-                log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.webhook_host,
+        port=settings.webhook_port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

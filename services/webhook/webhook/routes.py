@@ -12,12 +12,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
-
 from wacoder import templates
 from wacoder.delivery import record_status
 from wacoder.phones import to_e164
 from wacoder.settings import Settings
 from wacoder.v1 import agent_pb2
+
 from webhook import twiml
 from webhook.admission import Admission, Gate
 from webhook.handoff import Handoff
@@ -49,9 +49,14 @@ def _inbound(form: dict[str, str]) -> agent_pb2.InboundMessage:
         if url := form.get(f"MediaUrl{i}"):
             media.append(agent_pb2.Media(url=url, content_type=form.get(f"MediaContentType{i}", "")))
     return agent_pb2.InboundMessage(
-        message_sid=form["MessageSid"], sender=form["From"], recipient=form.get("To", ""),
-        body=form.get("Body", ""), profile_name=form.get("ProfileName", ""), wa_id=form.get("WaId", ""),
-        media=media, received_at_ms=int(time.time() * 1000),
+        message_sid=form["MessageSid"],
+        sender=form["From"],
+        recipient=form.get("To", ""),
+        body=form.get("Body", ""),
+        profile_name=form.get("ProfileName", ""),
+        wa_id=form.get("WaId", ""),
+        media=media,
+        received_at_ms=int(time.time() * 1000),
     )
 
 
@@ -111,8 +116,10 @@ async def health(request: Request) -> JSONResponse:
     deps = _deps(request)
     checks = await check_all(deps.redis, deps.channels)
     healthy = all(checks.values())
-    body = {"status": "ok" if healthy else "degraded",
-            "checks": {name: "ok" if ok else "unavailable" for name, ok in checks.items()}}
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "checks": {name: "ok" if ok else "unavailable" for name, ok in checks.items()},
+    }
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
