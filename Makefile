@@ -26,7 +26,7 @@ test: install tools
 
 # Node tools the tests drive (the official MCP Inspector CLI); skipped when npm is absent.
 INSPECTOR := .run/npm/node_modules/.bin/mcp-inspector
-INSPECTOR_VERSION := 2.12.0
+INSPECTOR_VERSION := 0.15.0
 tools: $(INSPECTOR)
 $(INSPECTOR):
 	@if command -v npm >/dev/null; then \

@@ -1,10 +1,19 @@
+"""Fixtures of the end-to-end tests: their own redis-server, the local Twilio Messages API,
+and a stack of every service per test module.
+
+A module tunes its stack by overriding `stack_overrides` (environment variables)."""
+
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 
 import pytest
+from devtools.stack import Stack
 
-from tests.harness import RedisServer, TwilioSim
+from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack
+
+_phones = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +29,32 @@ def twilio_sim() -> Iterator[TwilioSim]:
     sim = TwilioSim()
     yield sim
     sim.stop()
+
+
+@pytest.fixture(scope="module")
+def stack_overrides() -> dict[str, str]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def env(
+    redis_server: RedisServer,
+    twilio_sim: TwilioSim,
+    tmp_path_factory: pytest.TempPathFactory,
+    stack_overrides: dict[str, str],
+) -> dict[str, str]:
+    data_dir = str(tmp_path_factory.mktemp("autocoder"))
+    return stack_env(redis_server.url, twilio_sim.url, **{"AUTOCODER_DATA_DIR": data_dir, **stack_overrides})
+
+
+@pytest.fixture(scope="module")
+def stack(env: dict[str, str]) -> Iterator[Stack]:
+    stack = start_stack(env)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def new_user(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Callable[[], Conversation]:
+    """A fresh WhatsApp user (a number nobody used before in this test run)."""
+    return lambda: Conversation(env, twilio_sim, f"+1555{next(_phones):07d}")

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,38 +17,20 @@ import pytest
 from devtools.stack import Stack
 from wacoder import templates
 
-from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack
+from tests.harness import Conversation, TwilioSim
 
 SESSION_ID = re.compile(r"`(sess_[0-9a-f]+)`")
 URL = re.compile(r"(http://\S+)")
 
 
 @pytest.fixture(scope="module")
-def env(
-    redis_server: RedisServer, twilio_sim: TwilioSim, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    return stack_env(
-        redis_server.url,
-        twilio_sim.url,
-        AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder")),
-        BREAKER_FAILURE_THRESHOLD="2",
-        BREAKER_RESET_TIMEOUT_S="2",
-    )
-
-
-@pytest.fixture(scope="module")
-def stack(env: dict[str, str]) -> Iterator[Stack]:
-    stack = start_stack(env)
-    yield stack
-    stack.stop()
-
-
-_users = iter(range(10**6))
+def stack_overrides() -> dict[str, str]:
+    return {"BREAKER_FAILURE_THRESHOLD": "2", "BREAKER_RESET_TIMEOUT_S": "2"}
 
 
 @pytest.fixture
-def user(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Conversation:
-    return Conversation(env, twilio_sim, f"+1555700{next(_users):04d}")
+def user(new_user: Callable[[], Conversation]) -> Conversation:
+    return new_user()
 
 
 def test_build_a_rest_api_from_whatsapp(user: Conversation, twilio_sim: TwilioSim, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -17,26 +17,10 @@ from wacoder import keys, templates
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 
-from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack
+from tests.harness import Conversation
 
 PROJECT_ID = re.compile(r"`(proj_[0-9a-f]+)`")
 SESSION_ID = re.compile(r"`(sess_[0-9a-f]+)`")
-
-
-@pytest.fixture(scope="module")
-def env(
-    redis_server: RedisServer, twilio_sim: TwilioSim, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    return stack_env(
-        redis_server.url, twilio_sim.url, AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder"))
-    )
-
-
-@pytest.fixture(scope="module")
-def stack(env: dict[str, str]) -> Iterator[Stack]:
-    stack = start_stack(env)
-    yield stack
-    stack.stop()
 
 
 @pytest.fixture
@@ -44,17 +28,14 @@ def r(env: dict[str, str]) -> redis.Redis:
     return redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
 
 
-_users = iter(range(10**6))
+@pytest.fixture
+def alice(new_user: Callable[[], Conversation]) -> Conversation:
+    return new_user()
 
 
 @pytest.fixture
-def alice(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Conversation:
-    return Conversation(env, twilio_sim, f"+1555300{next(_users):04d}")
-
-
-@pytest.fixture
-def bob(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Conversation:
-    return Conversation(env, twilio_sim, f"+1555400{next(_users):04d}")
+def bob(new_user: Callable[[], Conversation]) -> Conversation:
+    return new_user()
 
 
 def state_of(env: dict[str, str], r: redis.Redis, phone: str) -> dict[str, object]:
@@ -199,3 +180,23 @@ def test_users_never_see_each_others_work(alice: Conversation, bob: Conversation
     assert session_id not in bob.ask(f"status of {session_id}")
     # Alice still can.
     assert session_id in alice.ask(f"/status {session_id}")
+
+
+def test_production_logs_hold_no_phone_numbers_or_message_text(alice: Conversation, stack: Stack) -> None:
+    alice.ask("/new my-very-private-project : a diary of secrets")
+    alice.ask("please create a project called hush-hush-plans")
+    logs = {
+        name: process.log_path.read_text() for name, process in stack.processes.items() if process.log_path
+    }
+    assert logs["agent"] and logs["webhook"]
+    national = alice.phone.removeprefix("+1")
+    for name, text in logs.items():
+        for secret in (
+            alice.phone,
+            national,
+            "my-very-private-project",
+            "diary of secrets",
+            "hush-hush-plans",
+        ):
+            assert secret not in text, f"{secret!r} leaked into the {name} log"
+    assert "phone_number_hash" in logs["agent"]

@@ -8,17 +8,17 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from agent.prompts import WHATSAPP_SYSTEM_PROMPT
-from devtools.stack import Stack, free_port
+from devtools.stack import free_port
 from wacoder import templates
 from wacoder.whatsapp_text import MAX_MESSAGE_CHARS
 
-from tests.harness import Conversation, RedisServer, TwilioSim, stack_env, start_stack, wait_for_port
+from tests.harness import Conversation, wait_for_port
 
 
 class FakeLlm:
@@ -51,40 +51,25 @@ def llm() -> Iterator[FakeLlm]:
 
 
 @pytest.fixture(scope="module")
-def env(
-    redis_server: RedisServer, twilio_sim: TwilioSim, llm: FakeLlm, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    return stack_env(
-        redis_server.url,
-        twilio_sim.url,
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL=f"{llm.url}/v1",
-        LLM_MODEL="gpt-test",
-        LLM_TIMEOUT_S="3",
+def stack_overrides(llm: FakeLlm) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": f"{llm.url}/v1",
+        "LLM_MODEL": "gpt-test",
+        "LLM_TIMEOUT_S": "3",
         # AutoCoder's own agents would use the same LLM; here they use their built-in generators.
-        AUTOCODER_LLM="builtin",
-        AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder")),
-    )
-
-
-@pytest.fixture(scope="module")
-def stack(env: dict[str, str]) -> Iterator[Stack]:
-    stack = start_stack(env)
-    yield stack
-    stack.stop()
-
-
-_users = iter(range(10**6))
+        "AUTOCODER_LLM": "builtin",
+    }
 
 
 @pytest.fixture
-def carol(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Conversation:
-    return Conversation(env, twilio_sim, f"+1555500{next(_users):04d}")
+def carol(new_user: Callable[[], Conversation]) -> Conversation:
+    return new_user()
 
 
 @pytest.fixture
-def dave(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Conversation:
-    return Conversation(env, twilio_sim, f"+1555600{next(_users):04d}")
+def dave(new_user: Callable[[], Conversation]) -> Conversation:
+    return new_user()
 
 
 def tool_calls(request: dict[str, Any]) -> list[dict[str, Any]]:

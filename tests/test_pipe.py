@@ -4,7 +4,6 @@ notifier, real Redis, and the reply at a local Twilio Messages API."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,13 +14,10 @@ from wacoder import keys, templates
 
 from tests.harness import (
     BOT_NUMBER,
-    RedisServer,
     TwilioSim,
     inbound,
     post_signed,
     sign,
-    stack_env,
-    start_stack,
 )
 
 ALICE = "+15551230001"
@@ -29,15 +25,8 @@ STRANGER = "+15559990000"
 
 
 @pytest.fixture(scope="module")
-def env(redis_server: RedisServer, twilio_sim: TwilioSim) -> dict[str, str]:
-    return stack_env(redis_server.url, twilio_sim.url, ALLOWED_PHONE_NUMBERS=f"{ALICE},+15551230002")
-
-
-@pytest.fixture(scope="module")
-def stack(env: dict[str, str]) -> Iterator[Stack]:
-    stack = start_stack(env)
-    yield stack
-    stack.stop()
+def stack_overrides() -> dict[str, str]:
+    return {"ALLOWED_PHONE_NUMBERS": f"{ALICE},+15551230002"}
 
 
 @pytest.fixture

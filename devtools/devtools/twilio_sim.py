@@ -6,6 +6,10 @@ error codes such as 63016) to exercise retries, and it can send signed status ca
 the way Twilio does.
 
     POST /2010-04-01/Accounts/{sid}/Messages.json   Twilio's endpoint (basic auth SID:token)
+    GET  /2010-04-01/Accounts/{sid}/Messages.json   Twilio's list: newest first, paged (PageSize,
+                                                     Page, PageToken; next_page_uri), filtered by
+                                                     To, From, DateSent / DateSent< / DateSent>
+                                                     on the UTC date only, as Twilio does
     GET  /_sim/messages                              every message accepted so far
     DELETE /_sim/messages                            forget them
     POST /_sim/script   {"responses": [{"status": 429, "headers": {...}, "code": 20429}],
@@ -25,9 +29,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime
+from datetime import UTC, date, datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import uvicorn
@@ -38,6 +43,29 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
 log = logging.getLogger("devtools.twilio_sim")
+
+# What a message looks like in Twilio's JSON; the sim's own bookkeeping (received_at, ...) stays out.
+_MESSAGE_FIELDS = (
+    "sid",
+    "account_sid",
+    "from",
+    "to",
+    "body",
+    "status",
+    "num_segments",
+    "num_media",
+    "direction",
+    "api_version",
+    "date_created",
+    "date_updated",
+    "date_sent",
+    "price",
+    "error_code",
+    "error_message",
+    "uri",
+)
+LIST_PAGE_SIZE = 50
+LIST_MAX_PAGE_SIZE = 1000
 
 
 @dataclass
@@ -96,6 +124,65 @@ async def _send_status_callbacks(state: SimState, url: str, message: dict[str, A
                 log.warning("status callback failed")
 
 
+def _filter_date(value: str) -> date | None:
+    """Twilio's DateSent filters compare dates: `2024-05-01` or a datetime, whose time is ignored."""
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _sent_on(message: dict[str, Any]) -> date | None:
+    sent = message.get("date_sent")
+    return parsedate_to_datetime(sent).astimezone(UTC).date() if sent else None
+
+
+def _matches(message: dict[str, Any], query: dict[str, str]) -> bool:
+    if "To" in query and message["to"] != query["To"]:
+        return False
+    if "From" in query and message["from"] != query["From"]:
+        return False
+    sent = _sent_on(message)
+    for name, keep in (
+        ("DateSent", lambda d, f: d == f),
+        ("DateSent>", lambda d, f: d >= f),
+        ("DateSent<", lambda d, f: d <= f),
+    ):
+        if name in query:
+            bound = _filter_date(query[name])
+            if bound is None or sent is None or not keep(sent, bound):
+                return False
+    return True
+
+
+def _list_page(state: SimState, sid: str, query: dict[str, str]) -> dict[str, Any]:
+    """One page of Twilio's Messages list, newest first, with its paging links."""
+    size = min(max(int(query.get("PageSize") or LIST_PAGE_SIZE), 1), LIST_MAX_PAGE_SIZE)
+    page = max(int(query.get("Page") or 0), 0)
+    found = [m for m in reversed(state.messages) if _matches(m, query)]
+    start = page * size
+    chunk = found[start : start + size]
+    base = f"/2010-04-01/Accounts/{sid}/Messages.json"
+    filters = {k: v for k, v in query.items() if k in ("To", "From", "DateSent", "DateSent>", "DateSent<")}
+
+    def uri(number: int) -> str:
+        return (
+            f"{base}?{urlencode({**filters, 'PageSize': size, 'Page': number, 'PageToken': f'PA{number}'})}"
+        )
+
+    return {
+        "messages": [{k: m.get(k) for k in _MESSAGE_FIELDS} for m in chunk],
+        "end": start + len(chunk) - 1 if chunk else start,
+        "first_page_uri": uri(0),
+        "next_page_uri": uri(page + 1) if start + size < len(found) else None,
+        "page": page,
+        "page_size": size,
+        "previous_page_uri": uri(page - 1) if page > 0 else None,
+        "start": start,
+        "uri": f"{base}?{urlencode({**filters, 'PageSize': size, 'Page': page})}",
+    }
+
+
 def build_app(state: SimState) -> Starlette:
     async def create_message(request: Request) -> Response:
         sid = request.path_params["sid"]
@@ -140,10 +227,12 @@ def build_app(state: SimState) -> Starlette:
             "price": None,
             "error_code": None,
             "error_message": None,
-            "uri": f"/2010-04-01/Accounts/{sid}/Messages/x.json",
         }
+        message["uri"] = f"/2010-04-01/Accounts/{sid}/Messages/{message['sid']}.json"
         record = dict(
             message,
+            # The sim hands the message on at once; listings show it as sent (DateSent filters).
+            date_sent=now,
             status_callback=form.get("StatusCallback"),
             media_urls=form.getlist("MediaUrl"),
             received_at=time.time(),
@@ -155,6 +244,16 @@ def build_app(state: SimState) -> Starlette:
         if state.status_callbacks and callback:
             asyncio.get_running_loop().create_task(_send_status_callbacks(state, str(callback), message))
         return JSONResponse(message, status_code=201)
+
+    async def read_messages(request: Request) -> Response:
+        sid = request.path_params["sid"]
+        if not _authorized(request, state) or sid != state.account_sid:
+            return _error(401, 20003, "Authenticate")
+        query = dict(request.query_params)
+        try:
+            return JSONResponse(_list_page(state, sid, query))
+        except ValueError:
+            return _error(400, 20001, "Invalid paging parameter")
 
     async def list_messages(request: Request) -> Response:
         if request.method == "DELETE":
@@ -173,6 +272,7 @@ def build_app(state: SimState) -> Starlette:
     return Starlette(
         routes=[
             Route("/2010-04-01/Accounts/{sid}/Messages.json", create_message, methods=["POST"]),
+            Route("/2010-04-01/Accounts/{sid}/Messages.json", read_messages, methods=["GET"]),
             Route("/_sim/messages", list_messages, methods=["GET", "DELETE"]),
             Route("/_sim/script", script, methods=["POST"]),
         ]

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from mcp_bridge import keys
+from wacoder import keys
 from wacoder.v1 import bridge_pb2
 
 from tests.bridge.conftest import Bridge, FakeAutoCoder

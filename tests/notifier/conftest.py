@@ -21,6 +21,9 @@ NOTIFIER_ENV = {
     "NOTIFIER_BACKOFF_BASE_S": "0.05",
     "NOTIFIER_BACKOFF_MAX_S": "0.5",
     "STREAM_CLAIM_IDLE_MS": "2000",
+    # Also bounds how long a restarted notifier waits for a dead one's request before asking
+    # Twilio whether it arrived (reconciliation).
+    "NOTIFIER_TWILIO_TIMEOUT_S": "3",
     "LOG_LEVEL": "INFO",
 }
 

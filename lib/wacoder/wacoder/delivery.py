@@ -21,23 +21,30 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from wacoder.keys import DAY_S, delivery
+from wacoder.keys import (
+    DELIVERY_TTL_S,
+    OUTSIDE_WINDOW_COUNTER,
+    PARKED_PREFIX,
+    PARKED_TTL_S,
+    delivery,
+    outbox_parked,
+)
 
-# A delivery record is kept a week: long enough for late callbacks and for support to look
-# up what happened to a message, short enough not to pile up.
-DELIVERY_TTL_S = 7 * DAY_S
-# Messages parked for a recipient outside the session window wait this long for the user to
-# write again; after that the reply is stale and is dropped with its list.
-PARKED_TTL_S = 7 * DAY_S
+# The names this module has always offered, kept for its callers; the keys and their TTLs
+# live in wacoder.keys.
+__all__ = [
+    "APPLY_SCRIPT",
+    "DELIVERY_TTL_S",
+    "OUTSIDE_WINDOW_COUNTER",
+    "OUTSIDE_WINDOW_ERROR",
+    "PARKED_TTL_S",
+    "parked",
+    "record_accepted_args",
+    "record_status",
+]
+
 OUTSIDE_WINDOW_ERROR = "63016"
-# Counter of messages that failed with 63016 (read by the metrics endpoint); lives forever.
-OUTSIDE_WINDOW_COUNTER = "metrics:notifier:outside_window_total"
-_PARKED_PREFIX = "outbox:parked:"
-
-
-def parked(to_hash: str) -> str:
-    """The list of messages parked for one recipient (JSON outbox entries, bodies encrypted)."""
-    return f"{_PARKED_PREFIX}{to_hash}"
+parked = outbox_parked
 
 
 # KEYS[1] delivery hash, KEYS[2] 63016 counter.
@@ -86,7 +93,7 @@ _APPLY_SHA = hashlib.sha1(_APPLY.encode()).hexdigest()
 
 
 def _argv(status: str, error_code: str, fields: Mapping[str, str]) -> list[str]:
-    args = [str(DELIVERY_TTL_S), _PARKED_PREFIX, str(PARKED_TTL_S), f"{time.time():.3f}", status, error_code]
+    args = [str(DELIVERY_TTL_S), PARKED_PREFIX, str(PARKED_TTL_S), f"{time.time():.3f}", status, error_code]
     for name, value in fields.items():
         args += [name, value]
     return args

@@ -66,3 +66,80 @@ def session_watch(session_id: str) -> str:
 
 
 ACTIVE_WATCHES = "watch:active"
+
+
+# The notifier's outbox bookkeeping (see docs/adr/0003-notifier-outbox.md).
+OUTBOUND_SEEN_TTL_S = DAY_S  # how long a Send idempotency key is remembered
+# Dead letters are meant to be looked at and replayed, not to expire; a cap (XADD MAXLEN ~)
+# keeps a storm of failures from filling Redis.
+DEAD_LETTER_MAXLEN = 100_000
+# Long enough for a peer that claimed the entry to see that Twilio already has it.
+OUTBOX_SENT_TTL_S = DAY_S
+# Lives as long as an entry may plausibly stay pending; deleted when the entry is finished.
+OUTBOX_IN_FLIGHT_TTL_S = 7 * DAY_S
+
+
+def outbox_sent(outbox_id: str) -> str:
+    """Set atomically with the XACK once Twilio accepted the entry (value: the MessageSid): a
+    consumer that claimed the same entry meanwhile sees it and does not send again."""
+    return f"outbox:sent:{outbox_id}"
+
+
+def outbox_in_flight(outbox_id: str) -> str:
+    """Hash `first_at`/`last_at` (epoch seconds) written just before each POST of the entry:
+    whoever handles the entry again knows a request may have reached Twilio and asks Twilio
+    before sending (reconciliation)."""
+    return f"outbox:inflight:{outbox_id}"
+
+
+# A delivery record is kept a week: long enough for late callbacks and for support to look up
+# what happened to a message, short enough not to pile up.
+DELIVERY_TTL_S = 7 * DAY_S
+# Messages parked for a recipient outside WhatsApp's 24-hour window wait this long for the
+# user to write again; after that the reply is stale and is dropped with its list.
+PARKED_TTL_S = 7 * DAY_S
+PARKED_PREFIX = "outbox:parked:"
+
+
+def outbox_parked(to_hash: str) -> str:
+    """The list of messages parked for one recipient (JSON outbox entries, bodies encrypted)."""
+    return f"{PARKED_PREFIX}{to_hash}"
+
+
+# Counter of messages that failed with 63016 (read by the metrics endpoint); lives forever.
+OUTSIDE_WINDOW_COUNTER = "metrics:notifier:outside_window_total"
+# The send-rate token bucket refills within a second; an idle one expires.
+SEND_RATE_TTL_S = 60
+
+
+def send_rate(sender: str) -> str:
+    """The token bucket of one sender number, shared by every notifier replica."""
+    return f"notifier:send_rate:{sender}"
+
+
+# The mcp-bridge's caches of AutoCoder tool results.
+PROJECTS_TTL_S = 5 * 60
+FILES_TTL_S = 10 * 60
+HEALTH_TTL_S = 60
+# How long the bridge remembers that a session has ended (so its files may be cached).
+SESSION_ENDED_TTL_S = DAY_S
+
+
+def projects_cache(caller: str) -> str:
+    """list_projects of one caller."""
+    return f"bridge:cache:projects:{caller}"
+
+
+def files_cache(caller: str, session_id: str) -> str:
+    """get_session_files of one caller's ended session."""
+    return f"bridge:cache:files:{caller}:{session_id}"
+
+
+def health_cache() -> str:
+    """check_system_health: the same for everybody."""
+    return "bridge:cache:health"
+
+
+def session_ended(caller: str, session_id: str) -> str:
+    """Set once the bridge has seen the session succeed or fail: its files stop changing."""
+    return f"bridge:cache:ended:{caller}:{session_id}"

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     notifier_max_attempts: int = 6
     notifier_backoff_base_s: float = 0.5
     notifier_backoff_max_s: float = 30.0
+    # Bound of one Twilio request; also how long a dead process's request may still be on its
+    # way to Twilio before crash reconciliation trusts Twilio's message list.
+    notifier_twilio_timeout_s: float = 15.0
+    # The outbox consumer's name; unset: hostname (the pod name) plus the gRPC port.
+    notifier_consumer: str | None = None
 
     # Durable streams: work pending this long on a consumer that stopped is claimed by another.
     stream_claim_idle_ms: int = 15_000

@@ -1,19 +1,30 @@
 """Durable work queues on Redis Streams with consumer groups, as the agent's inbox and the
-notifier's outbox use them.
+notifier's outbox use them. One implementation of the mechanics, so that both services get
+the same guarantees and the same fixes.
 
 Guarantees, and why:
-- An entry is acknowledged only after its handler returned: a crash leaves it pending.
+- An entry is acknowledged only after its handler finished with it: a crash leaves it pending.
+  A handler that must acknowledge together with its own writes (one atomic MULTI/Lua) does the
+  XACK itself and returns `Outcome.ACKNOWLEDGED`; one that gives up for now (shutdown) returns
+  `Outcome.KEEP_PENDING`, and the entry waits for the restart or a peer.
 - After a restart a consumer first takes back its own pending entries (same consumer name).
 - Entries pending on a consumer that went away are claimed after `claim_idle_ms`; a live
-  consumer keeps its slow entries by refreshing their idle time (a heartbeat), so slow work
-  is never handed to a second consumer while the first still works on it.
+  consumer keeps the entries it holds (running or queued in a lane) by refreshing their idle
+  time (a heartbeat), so slow work is never handed to a second consumer while the first still
+  works on it.
 - Entries with the same key (a phone number) are handled one at a time, in stream order;
-  different keys run concurrently.
+  different keys run concurrently. At most `max_in_flight` entries are held in memory; beyond
+  that the stream itself is the queue.
+- Redis going away (errors, a restart without persistence that drops the group) is survived:
+  the loop backs off, recreates the group and resumes its own pending entries.
+- Shutdown: `stop()` stops reading and starting entries; `drain(timeout_s)` lets running
+  handlers finish, then cancels what is left. Unfinished entries stay pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -24,7 +35,22 @@ from redis.exceptions import RedisError, ResponseError
 log = logging.getLogger("wacoder.streams")
 
 Fields = dict[str, str]
-Handler = Callable[[str, Fields], Awaitable[None]]
+
+
+class Outcome(enum.Enum):
+    """What a handler did with its entry (returning None means DONE)."""
+
+    DONE = "done"  # finished; the consumer acknowledges it
+    ACKNOWLEDGED = "acknowledged"  # finished and already acknowledged by the handler itself
+    KEEP_PENDING = "keep_pending"  # not finished (e.g. stopping): stays pending, nobody acks
+
+
+Handler = Callable[[str, Fields], Awaitable[Outcome | None]]
+
+READ_COUNT = 100
+# XCLAIM takes the ids as arguments; keep each heartbeat command a reasonable size.
+HEARTBEAT_BATCH = 500
+REDIS_RETRY_MAX_S = 5.0
 
 
 def default_consumer_name(prefix: str) -> str:
@@ -52,11 +78,14 @@ class KeyedStreamConsumer:
         self.key_of = key_of
         self.handle = handle
         self.claim_idle_ms = claim_idle_ms
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        # Set by stop(); handlers may wait on it to cut a backoff short (and keep the entry pending).
+        self.stopping = asyncio.Event()
         self._queues: dict[str, asyncio.Queue[tuple[str, Fields]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._in_flight: set[str] = set()
-        self._stopping = asyncio.Event()
+        self._in_flight: set[str] = set()  # held: queued in a lane or running, not yet finished
+        self._room = asyncio.Event()  # set whenever fewer than max_in_flight entries are held
+        self._room.set()
 
     async def run(self) -> None:
         """Consumes until `stop()`; survives Redis going away and coming back."""
@@ -66,7 +95,7 @@ class KeyedStreamConsumer:
         # whose handler failed is retried when it has been idle claim_idle_ms, not in a tight loop.
         resume_own = True
         try:
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 try:
                     await self._ensure_group()
                     if resume_own:
@@ -76,32 +105,61 @@ class KeyedStreamConsumer:
                     await self._read_new()
                     backoff = 0.1
                 except ResponseError as error:
-                    if "NOGROUP" not in str(error):
-                        raise
-                    # The stream or group vanished (Redis restarted without persistence).
-                    resume_own = True
-                    continue
+                    if "NOGROUP" in str(error):
+                        # The stream or group vanished (Redis restarted without persistence).
+                        resume_own = True
+                        continue
+                    log.warning(
+                        "stream command refused, retrying", extra={"stream": self.stream, "error": str(error)}
+                    )
+                    await self._pause(backoff)
+                    backoff = min(backoff * 2, REDIS_RETRY_MAX_S)
                 except (RedisError, OSError) as error:
                     log.warning(
                         "stream read failed, retrying", extra={"stream": self.stream, "error": str(error)}
                     )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await self._pause(backoff)
+                    backoff = min(backoff * 2, REDIS_RETRY_MAX_S)
+                    resume_own = True
+                except Exception:
+                    # A bug in the loop must not silently end consumption for the process.
+                    log.exception(
+                        "stream consumer loop crashed; restarting it", extra={"stream": self.stream}
+                    )
+                    await self._pause(1.0)
                     resume_own = True
         finally:
             heartbeat.cancel()
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Stops reading and starting entries; running handlers go on (see `drain`)."""
+        self.stopping.set()
 
     async def drain(self, timeout_s: float) -> None:
-        """Waits for in-flight entries to finish (on shutdown); what remains stays pending."""
+        """Waits up to `timeout_s` for running handlers, then cancels the rest. Entries that
+        did not finish stay pending: resumed on the next start, or claimed by a peer."""
         workers = list(self._workers.values())
-        if workers:
-            await asyncio.wait(workers, timeout=timeout_s)
+        if not workers:
+            return
+        _done, pending = await asyncio.wait(workers, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def held(self) -> int:
+        """Entries this consumer holds right now (queued in lanes or running)."""
+        return len(self._in_flight)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
 
     async def _ensure_group(self) -> None:
         try:
+            # From "0": entries added before the group existed are work too.
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
@@ -110,46 +168,66 @@ class KeyedStreamConsumer:
     async def _drain_own_pending(self) -> None:
         """Entries delivered to this consumer name but never acknowledged (we crashed)."""
         start = "0"
-        while True:
-            reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start}, count=100)
+        while not self.stopping.is_set():
+            reply = await self.redis.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=READ_COUNT
+            )
             entries = reply[0][1] if reply else []
-            fresh = [(eid, f) for eid, f in entries if eid not in self._in_flight]
-            for entry_id, fields in fresh:
+            for entry_id, fields in entries:
                 await self._dispatch(entry_id, fields)
-            if len(entries) < 100:
+            if len(entries) < READ_COUNT:
                 return
             start = entries[-1][0]
 
     async def _claim_abandoned(self) -> None:
         start = "0-0"
-        while True:
-            next_start, entries, *_ = await self.redis.xautoclaim(
+        while not self.stopping.is_set():
+            reply = await self.redis.xautoclaim(
                 self.stream,
                 self.group,
                 self.consumer,
                 min_idle_time=self.claim_idle_ms,
                 start_id=start,
-                count=100,
+                count=READ_COUNT,
             )
+            next_start, entries = reply[0], reply[1]
             for entry_id, fields in entries:
-                if fields and entry_id not in self._in_flight:
-                    await self._dispatch(entry_id, fields)
+                if entry_id not in self._in_flight:
+                    log.info(
+                        "claimed an abandoned entry", extra={"stream": self.stream, "entry_id": entry_id}
+                    )
+                await self._dispatch(entry_id, fields)
             if next_start in ("0-0", start):
                 return
             start = next_start
 
     async def _read_new(self) -> None:
         # Block briefly so the loop comes back to claiming regularly.
-        block_ms = min(2000, self.claim_idle_ms // 3)
+        block_ms = max(100, min(2000, self.claim_idle_ms // 3))
+        room = self.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            # Full: the stream is the queue. Wait for a slot instead of reading entries we
+            # could not hold (and would not heartbeat).
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), timeout=block_ms / 1000)
+            except TimeoutError:
+                pass
+            return
         reply = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=100, block=block_ms
+            self.group, self.consumer, {self.stream: ">"}, count=min(READ_COUNT, room), block=block_ms
         )
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 await self._dispatch(entry_id, fields)
 
-    async def _dispatch(self, entry_id: str, fields: Fields) -> None:
-        await self._slots.acquire()
+    async def _dispatch(self, entry_id: str, fields: Fields | None) -> None:
+        if entry_id in self._in_flight:
+            return  # already ours (a re-read of our own pending entry, or a claim of it)
+        if not fields:
+            # Deleted while pending (XDEL without XACK): nothing left to handle.
+            await self.redis.xack(self.stream, self.group, entry_id)
+            return
         self._in_flight.add(entry_id)
         key = self.key_of(fields)
         queue = self._queues.setdefault(key, asyncio.Queue())
@@ -157,25 +235,30 @@ class KeyedStreamConsumer:
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._work(key, queue))
 
+    def _release(self, entry_id: str) -> None:
+        self._in_flight.discard(entry_id)
+        if len(self._in_flight) < self.max_in_flight:
+            self._room.set()
+
     async def _work(self, key: str, queue: asyncio.Queue[tuple[str, Fields]]) -> None:
         try:
-            while not queue.empty():
+            while not queue.empty() and not self.stopping.is_set():
                 entry_id, fields = queue.get_nowait()
                 try:
-                    await self.handle(entry_id, fields)
-                    await self._ack(entry_id)
+                    outcome = await self.handle(entry_id, fields)
+                    if outcome is None or outcome is Outcome.DONE:
+                        await self._ack(entry_id)
                 except Exception:
                     # Left pending: it is retried after claim_idle_ms (by us or another consumer).
                     log.exception("handler failed; entry stays pending", extra={"stream": self.stream})
                 finally:
-                    self._in_flight.discard(entry_id)
-                    self._slots.release()
+                    self._release(entry_id)
         finally:
+            # Stopping (or cancelled by drain): what is still queued stays pending in Redis.
+            while not queue.empty():
+                self._release(queue.get_nowait()[0])
             del self._workers[key]
-            if queue.empty():
-                self._queues.pop(key, None)
-            else:  # something arrived between the last get and the cleanup
-                self._workers[key] = asyncio.create_task(self._work(key, queue))
+            self._queues.pop(key, None)
 
     async def _ack(self, entry_id: str) -> None:
         for attempt in range(5):
@@ -190,11 +273,15 @@ class KeyedStreamConsumer:
         while True:
             await asyncio.sleep(max(self.claim_idle_ms / 3000, 0.5))
             ids = list(self._in_flight)
-            if not ids:
-                continue
             try:
-                await self.redis.xclaim(
-                    self.stream, self.group, self.consumer, min_idle_time=0, message_ids=ids, justid=True
-                )
+                for i in range(0, len(ids), HEARTBEAT_BATCH):
+                    await self.redis.xclaim(
+                        self.stream,
+                        self.group,
+                        self.consumer,
+                        min_idle_time=0,
+                        message_ids=ids[i : i + HEARTBEAT_BATCH],
+                        justid=True,
+                    )
             except (RedisError, OSError):
-                pass
+                pass  # the next beat tries again; the read loop reports the outage

@@ -21,8 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-
-from mcp_bridge import keys
+from wacoder import keys
 
 log = logging.getLogger("mcp_bridge.cache")
 

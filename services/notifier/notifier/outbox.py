@@ -4,10 +4,15 @@ part, bodies encrypted at rest.
 Everything that changes the outbox together with something else happens in one atomic step
 (a Lua script or MULTI), so a crash between two writes cannot lose or duplicate a message:
 - enqueue: idempotency marker + re-queue of the recipient's parked messages + XADD of parts;
-- accepted: delivery record (`queued`) + sent marker + XACK/XDEL;
+- accepted: delivery record (`queued`) + sent marker + XACK/XDEL (+ in-flight marker gone);
 - dead letter: XADD to the dead-letter stream + XACK/XDEL;
 - park (63016): RPUSH to the recipient's parked list + counter + XACK/XDEL.
 Acknowledged entries are deleted, so the stream holds only what is still to be sent.
+
+Before every POST to Twilio the entry gets an in-flight marker (`keys.outbox_in_flight`): when
+the entry is handled again (after a crash, by a peer, or after an attempt whose answer we never
+got) the marker says a request may already have reached Twilio, and the worker asks Twilio
+before sending again. Every finishing write deletes the marker.
 """
 
 from __future__ import annotations
@@ -27,16 +32,6 @@ from wacoder.settings import Settings
 log = logging.getLogger("notifier.outbox")
 
 MAX_BODY = 1600
-# Dead letters are meant to be looked at and replayed, not to expire; a cap keeps a storm of
-# failures from filling Redis.
-DEAD_LETTER_MAXLEN = 100_000
-IDEMPOTENCY_TTL_S = keys.DAY_S
-
-
-def sent_marker(outbox_id: str) -> str:
-    """Set atomically with the XACK once Twilio accepted the entry: a consumer that claimed
-    the same entry meanwhile (the first one looked dead) sees it and does not send again."""
-    return f"outbox:sent:{outbox_id}"
 
 
 # KEYS[1] outbound_seen, KEYS[2] outbox stream, KEYS[3] the recipient's parked list.
@@ -101,6 +96,19 @@ class Message:
 
 
 @dataclass(frozen=True)
+class PriorState:
+    """What Redis knows about earlier attempts at an entry, read before the next one."""
+
+    sent: bool  # Twilio accepted it (recorded by whoever sent it)
+    first_at: float | None = None  # epoch s of the first POST ever started, None if none was
+    last_at: float | None = None  # epoch s of the latest POST started
+
+    @property
+    def attempted(self) -> bool:
+        return self.first_at is not None
+
+
+@dataclass(frozen=True)
 class EnqueueResult:
     duplicate: bool
     outbox_ids: list[str]
@@ -139,7 +147,7 @@ class Outbox:
         parts = split_body(body) if body else [""]
         now = f"{time.time():.3f}"
         enc_to = self.cipher.encrypt(address)
-        argv: list[str] = [str(IDEMPOTENCY_TTL_S), str(len(parts)), str(len(_FIELDS))]
+        argv: list[str] = [str(keys.OUTBOUND_SEEN_TTL_S), str(len(parts)), str(len(_FIELDS))]
         for index, part in enumerate(parts):
             media = json.dumps(list(media_urls)) if media_urls and index == 0 else ""
             values = {
@@ -154,7 +162,7 @@ class Outbox:
             }
             for name in _FIELDS:
                 argv += [name, values[name]]
-        script_keys = [keys.outbound_seen(idempotency_key), keys.OUTBOX_STREAM, delivery.parked(to_hash)]
+        script_keys = [keys.outbound_seen(idempotency_key), keys.OUTBOX_STREAM, keys.outbox_parked(to_hash)]
         duplicate, joined = await self._enqueue(keys=script_keys, args=argv)
         return EnqueueResult(bool(int(duplicate)), [i for i in str(joined).split(",") if i])
 
@@ -166,8 +174,36 @@ class Outbox:
         urls = json.loads(media) if media else []
         return Message(to=self.cipher.decrypt(f["to"]), body=body, media_urls=urls)
 
-    async def already_sent(self, entry: OutboxEntry) -> bool:
-        return bool(await self.redis.exists(sent_marker(entry.id)))
+    async def prior_state(self, entry: OutboxEntry) -> PriorState:
+        """Sent marker and in-flight marker, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.outbox_sent(entry.id))
+            pipe.hgetall(keys.outbox_in_flight(entry.id))
+            sent, marker = await pipe.execute()
+
+        def when(name: str) -> float | None:
+            value = marker.get(name) if marker else None
+            return float(value) if value else None
+
+        return PriorState(bool(sent), when("first_at"), when("last_at"))
+
+    async def mark_in_flight(self, entry: OutboxEntry) -> None:
+        """Written just before a POST: a request may reach Twilio from here on. `first_at` keeps
+        the earliest attempt (the lower bound of a reconciliation search), `last_at` the latest
+        (when a request still on its way may have landed)."""
+        marker = keys.outbox_in_flight(entry.id)
+        now = f"{time.time():.3f}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(marker, "first_at", now)
+            pipe.hset(marker, "last_at", now)
+            pipe.expire(marker, keys.OUTBOX_IN_FLIGHT_TTL_S)
+            await pipe.execute()
+
+    async def sid_belongs_to_another(self, sid: str, entry: OutboxEntry) -> bool:
+        """True when `sid` is already recorded as the delivery of a different outbox entry (an
+        identical text sent to the same user), so it cannot be the proof that this one went."""
+        owner = await self.redis.hget(keys.delivery(sid), "outbox_id")
+        return bool(owner) and owner != entry.id
 
     async def mark_accepted(self, entry: OutboxEntry, sid: str) -> None:
         """Twilio accepted the entry: record it and acknowledge it in one atomic round trip."""
@@ -182,7 +218,8 @@ class Outbox:
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.eval(delivery.APPLY_SCRIPT, len(script_keys), *script_keys, *argv)
-            pipe.set(sent_marker(entry.id), sid, ex=keys.DAY_S)
+            pipe.set(keys.outbox_sent(entry.id), sid, ex=keys.OUTBOX_SENT_TTL_S)
+            pipe.delete(keys.outbox_in_flight(entry.id))
             pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
             pipe.xdel(keys.OUTBOX_STREAM, entry.id)
             await pipe.execute()
@@ -198,25 +235,28 @@ class Outbox:
             "failed_at": f"{time.time():.3f}",
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.DEAD_LETTER_STREAM, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(keys.DEAD_LETTER_STREAM, record, maxlen=keys.DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.delete(keys.outbox_in_flight(entry.id))
             pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
             pipe.xdel(keys.OUTBOX_STREAM, entry.id)
             await pipe.execute()
 
     async def park(self, entry: OutboxEntry) -> None:
         """63016 at send time: keep it for when the user writes again, count it."""
-        parked = delivery.parked(entry.to_hash)
+        parked = keys.outbox_parked(entry.to_hash)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(parked, entry.payload())
-            pipe.expire(parked, delivery.PARKED_TTL_S)
-            pipe.incr(delivery.OUTSIDE_WINDOW_COUNTER)
+            pipe.expire(parked, keys.PARKED_TTL_S)
+            pipe.incr(keys.OUTSIDE_WINDOW_COUNTER)
+            pipe.delete(keys.outbox_in_flight(entry.id))
             pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
             pipe.xdel(keys.OUTBOX_STREAM, entry.id)
             await pipe.execute()
 
     async def ack(self, entry: OutboxEntry) -> None:
-        """Drops an entry another consumer already got accepted (see `sent_marker`)."""
+        """Drops an entry another consumer already got accepted (see `keys.outbox_sent`)."""
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.outbox_in_flight(entry.id))
             pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
             pipe.xdel(keys.OUTBOX_STREAM, entry.id)
             await pipe.execute()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from wacoder import keys
 
-# KEYS[1] bucket hash; ARGV rate per second, burst. Returns 0 when a token was taken, else the
+# KEYS[1] bucket hash; ARGV rate per second, burst, ttl (s). Returns 0 when a token was taken, else the
 # milliseconds until one will be there.
 _TAKE = """
 local rate = tonumber(ARGV[1])
@@ -29,19 +30,15 @@ else
   wait = math.ceil((1 - tokens) * 1000 / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], 60000)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return wait
 """
-
-
-def bucket_key(sender: str) -> str:
-    return f"notifier:send_rate:{sender}"
 
 
 class SendRateLimiter:
     def __init__(self, redis: aioredis.Redis, sender: str, rate_per_s: float) -> None:
         self.redis = redis
-        self.key = bucket_key(sender)
+        self.key = keys.send_rate(sender)
         self.rate = max(rate_per_s, 0.001)
         # One second's worth of burst: smooth enough for Twilio, no idle capacity wasted.
         self.burst = max(1.0, self.rate)
@@ -50,7 +47,9 @@ class SendRateLimiter:
     async def acquire(self) -> None:
         """Waits until the shared bucket hands out a token. Raises on Redis errors."""
         while True:
-            wait_ms = int(await self._script(keys=[self.key], args=[self.rate, self.burst]))
+            wait_ms = int(
+                await self._script(keys=[self.key], args=[self.rate, self.burst, keys.SEND_RATE_TTL_S])
+            )
             if wait_ms <= 0:
                 return
             await asyncio.sleep(wait_ms / 1000)

@@ -6,13 +6,18 @@ The client's HTTP layer is replaced by a subclass of `AsyncTwilioHttpClient` tha
 - bounds every request with a timeout (the stock client leaves aiohttp's 5-minute default);
 - captures the response status and headers, because `TwilioRestException` does not carry
   them and a 429's Retry-After is exactly what the retry policy needs.
+
+`find_accepted` asks Twilio's Messages list API whether an earlier attempt of ours got there
+(reconciliation after a crash or an unanswered request, see ADR 0003).
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -27,6 +32,11 @@ from notifier.backoff import parse_retry_after
 TWILIO_API = "https://api.twilio.com"
 # The recipient is outside WhatsApp's 24-hour customer-service window.
 OUTSIDE_WINDOW = 63016
+# Tolerance between our clock and Twilio's date_created (whole seconds) when matching a
+# message to an attempt; an older identical message is excluded by its own delivery record.
+CLOCK_SKEW_S = 5.0
+# More than one recipient gets from us in the minutes a reconciliation looks back on.
+FIND_LIMIT = 200
 
 
 @dataclass
@@ -95,6 +105,8 @@ class SendOutcome:
     error_code: int | None = None  # Twilio's error code
     retry_after_s: float | None = None
     detail: str = ""
+    # The connection was never made, so the request cannot have reached Twilio.
+    never_connected: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -111,10 +123,28 @@ class SendOutcome:
             return False
         return self.status is None or self.status == 429 or self.status >= 500
 
+    @property
+    def may_have_reached_twilio(self) -> bool:
+        """No answer, or a 5xx: Twilio may have created the message anyway. A 429 or 4xx is a
+        refusal; an acceptance is known."""
+        if self.accepted or self.never_connected:
+            return False
+        return self.status is None or self.status >= 500
+
+
+@dataclass(frozen=True)
+class FindOutcome:
+    """The messages Twilio has that match an earlier attempt (oldest first), or why we could
+    not ask (`error`, a SendOutcome-like failure for the retry policy)."""
+
+    sids: list[str] = field(default_factory=list)
+    error: SendOutcome | None = None
+
 
 class TwilioSender:
     def __init__(self, settings: Settings) -> None:
-        self.http = RewritingHttpClient(settings.twilio_api_base_url)
+        self.timeout_s = settings.notifier_twilio_timeout_s
+        self.http = RewritingHttpClient(settings.twilio_api_base_url, self.timeout_s)
         self.client = Client(
             settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), http_client=self.http
         )
@@ -139,11 +169,52 @@ class TwilioSender:
                 retry_after_s=parse_retry_after(box.headers.get("retry-after")),
                 detail=type(exc).__name__,
             )
+        except aiohttp.ClientConnectorError as exc:
+            return SendOutcome(detail=type(exc).__name__, never_connected=True)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return SendOutcome(detail=type(exc).__name__)
         finally:
             _captured.reset(token)
         return SendOutcome(sid=message.sid, status=box.status)
+
+    async def find_accepted(self, to: str, body: str, since: float) -> FindOutcome:
+        """Messages from our number to `to` with exactly `body`, created at or after `since`
+        (epoch seconds, less the clock skew), oldest first.
+
+        Twilio's DateSent filter works on whole days (the client sends `DateSent>=` with the
+        datetime, Twilio reads the date), so the exact bound is applied here on date_created.
+        """
+        bound = math.floor(since - CLOCK_SKEW_S)
+        day = datetime.fromtimestamp(bound, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        box = _Captured()
+        token = _captured.set(box)
+        try:
+            found = await self.client.messages.list_async(
+                to=to, from_=self.from_, date_sent_after=day, limit=FIND_LIMIT
+            )
+        except (TwilioRestException, TwilioServiceException) as exc:
+            code = exc.code if isinstance(exc.code, int) else None
+            # Whatever Twilio answers here, it says nothing about the message: retry later.
+            status = exc.status if exc.status == 429 or (exc.status or 0) >= 500 else 503
+            return FindOutcome(
+                error=SendOutcome(
+                    status=status,
+                    error_code=code,
+                    retry_after_s=parse_retry_after(box.headers.get("retry-after")),
+                    detail=f"reconcile:{type(exc).__name__}",
+                )
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return FindOutcome(error=SendOutcome(detail=f"reconcile:{type(exc).__name__}"))
+        finally:
+            _captured.reset(token)
+        matches = [
+            m
+            for m in found
+            if (m.body or "") == body and m.date_created is not None and m.date_created.timestamp() >= bound
+        ]
+        matches.sort(key=lambda m: m.date_created.timestamp() if m.date_created else 0.0)
+        return FindOutcome(sids=[m.sid for m in matches if m.sid])
 
     async def close(self) -> None:
         await self.http.close()

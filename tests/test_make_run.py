@@ -1,0 +1,115 @@
+"""`make run`'s supervisor as a newcomer runs it: embedded defaults, every service up,
+a crashed service restarted, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from devtools.stack import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Supervisor:
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "devtools.run"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_line(self, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+    def pid(self, service: str) -> int:
+        return int(self.wait_line(rf"\] {service}\s+pid (\d+)").group(1))
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[tuple[Supervisor, dict[str, str]]]:
+    webhook = free_port()
+    keep = {
+        k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "REDIS_", "ALLOWED_", "OPENAI_"))
+    }
+    env = keep | {
+        "WEBHOOK_PORT": str(webhook),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{webhook}",
+        "AGENT_ADDR": f"127.0.0.1:{free_port()}",
+        "MCP_BRIDGE_ADDR": f"127.0.0.1:{free_port()}",
+        "NOTIFIER_ADDR": f"127.0.0.1:{free_port()}",
+    }
+    autocoder = free_port()
+    env |= {"AUTOCODER_PORT": str(autocoder), "AUTOCODER_MCP_URL": f"http://127.0.0.1:{autocoder}/mcp"}
+    sup = Supervisor(tmp_path, env)
+    yield sup, env
+    if sup.proc.poll() is None:
+        sup.proc.kill()
+
+
+def health(env: dict[str, str]) -> int:
+    try:
+        return httpx.get(env["PUBLIC_BASE_URL"] + "/health", timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def wait_healthy(env: dict[str, str], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while health(env) != 200:
+        assert time.monotonic() < deadline, "never healthy"
+        time.sleep(0.2)
+
+
+def test_make_run_supervises_the_platform(
+    supervisor: tuple[Supervisor, dict[str, str]], tmp_path: Path
+) -> None:
+    sup, env = supervisor
+    sup.wait_line(r"Ctrl-C stops everything", timeout_s=90)
+    assert sup.wait_line(r"embedded Redis: (redis-server|fakeredis)")
+    assert sup.wait_line(r"make chat")
+    wait_healthy(env)
+    # Embedded defaults: a dev encryption key kept for the next run, logs in .run/logs.
+    assert (tmp_path / ".run" / "state.key").exists()
+    assert {p.name for p in (tmp_path / ".run" / "logs").iterdir()} >= {"webhook.log", "agent.log"}
+
+    agent = sup.pid("agent")
+    os.kill(agent, signal.SIGKILL)
+    sup.wait_line(r"agent exited .*restarting")
+    time.sleep(1.5)
+    wait_healthy(env)
+
+    children = [sup.pid(name) for name in ("webhook", "notifier", "mcp-bridge", "autocoder")]
+    sup.proc.send_signal(signal.SIGTERM)
+    assert sup.proc.wait(30) == 0
+    sup.wait_line(r"stopped\.")
+    for pid in children:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )
+    assert health(env) == 0

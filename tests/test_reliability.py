@@ -1,0 +1,211 @@
+"""Nothing accepted is lost: Twilio replays, a dead agent, a dead Redis, status callbacks,
+and the chaos test (kill -9 agent and notifier at random while 20 users write)."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+from devtools.stack import Stack
+from wacoder import keys
+
+from tests.harness import Conversation, RedisServer, TwilioSim, inbound, post_signed, stack_env
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """This module stops and restarts Redis, so it has one of its own."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def env(
+    own_redis: RedisServer, twilio_sim: TwilioSim, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    return stack_env(
+        own_redis.url,
+        twilio_sim.url,
+        AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder")),
+        STREAM_CLAIM_IDLE_MS="3000",
+        NOTIFIER_BACKOFF_BASE_S="0.05",
+    )
+
+
+@pytest.fixture
+def r(env: dict[str, str]) -> redis.Redis:
+    return redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+
+
+@pytest.fixture
+def user(new_user: Callable[[], Conversation]) -> Conversation:
+    return new_user()
+
+
+def test_a_replayed_request_is_answered_once(
+    user: Conversation, env: dict[str, str], twilio_sim: TwilioSim
+) -> None:
+    form = inbound(user.phone, "/help", "SMreplay000000000000000000000001")
+    answers = [post_signed(env, "/webhook/whatsapp", form) for _ in range(5)]
+
+    assert [a.status_code for a in answers] == [200] * 5
+    assert all(a.text.endswith("<Response/>") for a in answers)
+    user.next(1)
+    time.sleep(2)
+    assert len(twilio_sim.messages(f"whatsapp:{user.phone}")) == 1
+
+
+def test_a_message_sent_while_the_agent_is_down_is_answered_when_it_is_back(
+    user: Conversation, stack: Stack, r: redis.Redis
+) -> None:
+    stack["agent"].stop()
+    try:
+        sid = user.send("/agents")  # answered 200: the webhook stored it in the agent's inbox itself
+        assert r.exists(keys.inbound_seen(sid))
+    finally:
+        stack["agent"].start()
+        stack["agent"].wait_ready()
+    assert "AutoCoder agents" in user.next(1)[0]
+
+
+def test_redis_down_is_a_503_and_health_says_why(
+    user: Conversation, stack: Stack, env: dict[str, str], own_redis: RedisServer
+) -> None:
+    own_redis.stop()
+    try:
+        answer = post_signed(
+            env, "/webhook/whatsapp", inbound(user.phone, "/help", "SMredisdown0000000000000000001")
+        )
+        assert answer.status_code == 503  # Twilio retries a 5xx
+        health = httpx.get(env["PUBLIC_BASE_URL"] + "/health", timeout=10)
+        assert health.status_code == 503
+        assert health.json()["checks"]["redis"] == "unavailable"
+    finally:
+        own_redis.start()
+    # Twilio's retry of the same message, once Redis is back, is accepted and answered.
+    deadline = time.monotonic() + 30
+    while True:
+        answer = post_signed(
+            env, "/webhook/whatsapp", inbound(user.phone, "/help", "SMredisdown0000000000000000001")
+        )
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert answer.status_code == 200
+    assert "Commands" in user.next(1, timeout_s=40)[0]
+
+
+def test_status_callbacks_are_recorded_and_unsigned_ones_refused(
+    user: Conversation, env: dict[str, str], twilio_sim: TwilioSim, r: redis.Redis
+) -> None:
+    user.ask("/help")
+    [message] = twilio_sim.messages(f"whatsapp:{user.phone}")
+    delivery = keys.delivery(message["sid"])
+    assert r.hget(delivery, "status") == "queued"
+
+    unsigned = httpx.post(
+        env["PUBLIC_BASE_URL"] + "/webhook/status",
+        data={"MessageSid": message["sid"], "MessageStatus": "read"},
+    )
+    assert unsigned.status_code == 403
+    assert r.hget(delivery, "status") == "queued"
+
+    for status in ("sent", "delivered", "read", "sent"):  # a late "sent" must not undo "read"
+        form = {
+            "MessageSid": message["sid"],
+            "MessageStatus": status,
+            "AccountSid": env["TWILIO_ACCOUNT_SID"],
+        }
+        assert post_signed(env, "/webhook/status", form).status_code == 204
+    assert r.hget(delivery, "status") == "read"
+
+    failed = {"MessageSid": message["sid"], "MessageStatus": "undelivered", "ErrorCode": "30008"}
+    assert post_signed(env, "/webhook/status", failed).status_code == 204
+
+
+USERS, PER_USER = 20, 10
+TOKEN = re.compile(r"zq(\d\d)x(\d\d\d)")
+
+
+def test_chaos_every_accepted_message_is_answered_exactly_once_in_order(
+    stack: Stack, env: dict[str, str], twilio_sim: TwilioSim
+) -> None:
+    """200 messages from 20 users while agent and notifier are kill -9'd at random moments."""
+    twilio_sim.clear()
+    phones = [f"+1555880{u:04d}" for u in range(USERS)]
+    accepted: dict[str, list[str]] = defaultdict(list)
+    done = threading.Event()
+
+    def write(u: int) -> None:
+        for m in range(PER_USER):
+            body = f"zq{u:02d}x{m:03d}"
+            form = inbound(phones[u], body, f"SMchaos{u:02d}{m:03d}" + "0" * 22)
+            for _ in range(50):  # as Twilio would, until it gets an answer
+                try:
+                    answer = post_signed(env, "/webhook/whatsapp", form)
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+                    continue
+                if answer.status_code == 200:
+                    accepted[phones[u]].append(body)
+                    break
+                time.sleep(0.2)
+            time.sleep(random.uniform(0.3, 1.0))  # people type; the chaos needs time to strike
+
+    kills: list[str] = []
+
+    def chaos() -> None:
+        rng = random.Random(7)
+        while not done.wait(rng.uniform(0.5, 1.5)):
+            victim = rng.choice(["agent", "notifier"])
+            stack[victim].kill()
+            kills.append(victim)
+            stack[
+                victim
+            ].start()  # as `make run` or Kubernetes would; not waiting: the next kill may come first
+        for process in (stack["agent"], stack["notifier"]):
+            process.wait_ready()
+
+    writers = [threading.Thread(target=write, args=(u,)) for u in range(USERS)]
+    killer = threading.Thread(target=chaos)
+    killer.start()
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    done.set()
+    killer.join()
+    assert len(kills) >= 4, kills
+    total = sum(len(v) for v in accepted.values())
+    assert total == USERS * PER_USER
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        replies = [m for m in twilio_sim.messages() if TOKEN.search(m["body"])]
+        if len(replies) >= total:
+            break
+        time.sleep(0.5)
+    time.sleep(5)  # a duplicate would show up now
+    replies = [m for m in twilio_sim.messages() if TOKEN.search(m["body"])]
+
+    per_token: dict[str, int] = defaultdict(int)
+    order: dict[str, list[str]] = defaultdict(list)
+    for reply in replies:
+        token = TOKEN.search(reply["body"]).group(0)
+        per_token[token] += 1
+        order[reply["to"].removeprefix("whatsapp:")].append(token)
+    missing = [b for bodies in accepted.values() for b in bodies if per_token[b] == 0]
+    duplicated = {t: n for t, n in per_token.items() if n > 1}
+    assert not missing, f"{len(missing)} accepted messages never answered (kills: {kills})"
+    assert not duplicated, f"answered more than once: {duplicated} (kills: {kills})"
+    for phone, bodies in accepted.items():
+        assert order[phone] == bodies, f"out of order for {phone}"
