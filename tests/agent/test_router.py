@@ -154,3 +154,19 @@ def test_route_is_total(message: str) -> None:
     assert isinstance(intent.kind, IntentKind)
     assert set(intent.agents) <= set(AGENT_NAMES)
     assert (intent.task is not None) == (intent.kind is IntentKind.RUN_TASK)
+
+
+@pytest.mark.parametrize(
+    ("hints", "expected"),
+    [
+        ((), None),
+        (("developer",), ["planner", "developer", "tester"]),
+        (("tester",), ["planner", "tester"]),
+        (("devops",), ["planner", "devops"]),
+        (("database", "uiux"), ["planner", "uiux", "database"]),
+    ],
+)
+def test_router_hints_add_experts_to_a_team(hints: tuple[str, ...], expected: list[str] | None) -> None:
+    from agent.offline import team
+
+    assert team(hints) == expected

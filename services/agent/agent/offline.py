@@ -4,13 +4,25 @@ as the slash commands."""
 from __future__ import annotations
 
 from agent import catalog
-from agent.router import Intent, IntentKind, route
+from agent.router import AGENT_NAMES, Intent, IntentKind, route
 from agent.turn import Turn
 
 GREETING = (
     "👋 Hi! I turn your requests into working code with AutoCoder's agents. "
     "Start with /new <name>, or just tell me what to build. /help lists everything."
 )
+
+
+def team(hints: tuple[str, ...]) -> list[str] | None:
+    """The agents for a task the router hinted at. A hint adds an expert to the team rather
+    than replacing it: the planner always plans, and code is always tested. No hint: None,
+    and AutoCoder picks the team from the task itself."""
+    if not hints:
+        return None
+    chosen = {"planner", *hints}
+    if "developer" in chosen:
+        chosen.add("tester")
+    return [name for name in AGENT_NAMES if name in chosen]
 
 
 async def respond(turn: Turn, text: str) -> str:
@@ -31,7 +43,7 @@ async def _carry_out(turn: Turn, intent: Intent, text: str) -> str:
 
             return await run_command(turn, "/list")
         case IntentKind.RUN_TASK:
-            return await turn.run_task(intent.task or text, list(intent.agents) or None)
+            return await turn.run_task(intent.task or text, team(intent.agents))
         case IntentKind.STATUS:
             return await turn.session_status(intent.session_ref)
         case IntentKind.FILES:
