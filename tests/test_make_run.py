@@ -91,7 +91,7 @@ def test_make_run_supervises_the_platform(
 ) -> None:
     sup, env = supervisor
     sup.wait_line(r"Ctrl-C stops everything", timeout_s=90)
-    assert sup.wait_line(r"embedded Redis: (redis-server|fakeredis)")
+    assert sup.wait_line(r"embedded Redis: \S*redis-server on redis://127.0.0.1:\d+")
     assert sup.wait_line(r"make chat")
     wait_healthy(env)
     # Embedded defaults: a dev encryption key kept for the next run, logs in .run/logs.

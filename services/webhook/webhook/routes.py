@@ -84,10 +84,10 @@ async def whatsapp(request: Request) -> Response:
             return twiml.message(templates.RATE_LIMIT)
         if verdict is Admission.OK:
             await deps.handoff.submit(_inbound(form))
-    except RedisError:
+    except RedisError as error:
         # Nothing was stored: 503 tells Twilio the message was not accepted.
         REQUESTS.labels("unavailable").inc()
-        log.error("redis unavailable, message refused with 503")
+        log.error("redis unavailable, message refused with 503", extra={"error": repr(error)})
         return Response("temporarily unavailable", status_code=503, media_type="text/plain")
     REQUESTS.labels("accepted" if verdict is Admission.OK else "duplicate").inc()
     LATENCY.observe(time.perf_counter() - started)
