@@ -9,12 +9,15 @@ back to the built-in generator for that agent.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from pathlib import PurePosixPath
 from typing import Any
 
 from openai import AsyncOpenAI
 
 from autocoder.agents.base import AgentContext, AgentOutput, GeneratedFile
 from autocoder.agents.builtin import ROLE_DELIVERABLES
+from autocoder.storage import HIDDEN_PARTS
 
 MAX_FILES = 20
 MAX_FILE_CHARS = 100_000
@@ -49,10 +52,27 @@ class LLMGenerator:
                 {"role": "user", "content": json.dumps(user)},
             ],
         )
-        return parse_reply(response.choices[0].message.content or "")
+        return parse_reply(response.choices[0].message.content or "", ctx.existing_files)
 
 
-def parse_reply(text: str) -> AgentOutput:
+def _project_path(path: str) -> str:
+    """The path normalized, or ValueError for anything the store would refuse to write: the
+    pipeline writes the files after this returns, where a refusal would fail the whole session
+    instead of falling back to the built-in generator."""
+    parts = PurePosixPath(path).parts
+    if (
+        not parts
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or ".." in parts
+        or HIDDEN_PARTS.intersection(parts)
+    ):
+        raise ValueError(f"the model proposed a path outside the project: {path!r}")
+    return "/".join(parts)
+
+
+def parse_reply(text: str, existing_files: Iterable[str] = ()) -> AgentOutput:
     data: Any = json.loads(text)
     raw_files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(raw_files, list) or not raw_files or len(raw_files) > MAX_FILES:
@@ -62,8 +82,12 @@ def parse_reply(text: str) -> AgentOutput:
         path, content = entry.get("path"), entry.get("content")
         if not isinstance(path, str) or not isinstance(content, str) or len(content) > MAX_FILE_CHARS:
             raise ValueError("a file in the model's reply is malformed or too large")
-        if path.startswith("/") or ".." in path.split("/"):
-            raise ValueError(f"the model proposed a path outside the project: {path!r}")
-        files.append(GeneratedFile(path, content))
+        files.append(GeneratedFile(_project_path(path), content))
+    # A file where a directory is (or the other way round) would fail the write, not this agent.
+    paths = {f.path for f in files} | set(existing_files)
+    for f in files:
+        clash = paths.intersection(p.as_posix() for p in PurePosixPath(f.path).parents)
+        if clash or any(p.startswith(f.path + "/") for p in paths):
+            raise ValueError(f"the model proposed a file where a directory is: {f.path!r}")
     message = data.get("message") if isinstance(data.get("message"), str) else f"{len(files)} file(s) written"
     return AgentOutput(files, message[:300])
