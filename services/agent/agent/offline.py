@@ -4,6 +4,7 @@ as the slash commands."""
 from __future__ import annotations
 
 from agent import catalog
+from agent.commands import run_command
 from agent.router import AGENT_NAMES, Intent, IntentKind, route
 from agent.turn import Turn
 
@@ -39,9 +40,7 @@ async def _carry_out(turn: Turn, intent: Intent, text: str) -> str:
                 f"project. Tell me what to build in it."
             )
         case IntentKind.LIST_PROJECTS:
-            from agent.commands import run_command  # the /list wording, written once
-
-            return await run_command(turn, "/list")
+            return await run_command(turn, "/list")  # the /list wording, written once
         case IntentKind.RUN_TASK:
             return await turn.run_task(intent.task or text, team(intent.agents))
         case IntentKind.STATUS:

@@ -22,6 +22,7 @@ from wacoder.v1 import bridge_pb2
 
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError
 from agent.outbound import Outbound, render
+from agent.turn import files_text
 
 log = logging.getLogger("agent.progress")
 
@@ -193,12 +194,4 @@ def summary(session_id: str, project: str, final: bridge_pb2.SessionEvent) -> st
         )
     if details.get("summary"):
         lines.append(str(details["summary"]))
-    return "\n".join(lines)
-
-
-def files_text(files: list[dict[str, Any]], most: int = 10) -> str:
-    lines = [f"*Files* ({len(files)}):"]
-    lines += [f"- {f['path']}: {f['download_url']}" for f in files[:most]]
-    if len(files) > most:
-        lines.append(f"...and {len(files) - most} more: /files")
     return "\n".join(lines)

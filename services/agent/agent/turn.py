@@ -87,10 +87,8 @@ class Turn:
         files = result.get("files", [])
         if not files:
             return f"Session `{session_id}` has no files yet. /status shows how far it got."
-        lines = [f"*Files of* `{session_id}` ({len(files)})"]
-        lines += [f"- {f['path']} ({f['size']} B): {f['download_url']}" for f in files]
-        lines.append("\nLinks expire; ask /files again for fresh ones.")
-        return "\n".join(lines)
+        listing = files_text(files, most=len(files))
+        return f"*Session* `{session_id}`\n{listing}\n\nLinks expire; ask /files again for fresh ones."
 
     def clear(self) -> None:
         self.state.history.clear()
@@ -107,6 +105,15 @@ class Turn:
         if "session not found" in text.lower():
             return "🔎 Session not found. /status shows your latest session."
         return f"⚠️ {text}"
+
+
+def files_text(files: list[dict[str, Any]], most: int = 10) -> str:
+    """File links as a list; beyond `most`, a pointer to /files (which lists them all)."""
+    lines = [f"*Files* ({len(files)}):"]
+    lines += [f"- {f['path']} ({f['size']} B): {f['download_url']}" for f in files[:most]]
+    if len(files) > most:
+        lines.append(f"...and {len(files) - most} more: /files")
+    return "\n".join(lines)
 
 
 def format_status(details: dict[str, Any]) -> str:
