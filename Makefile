@@ -37,6 +37,7 @@ $(INSPECTOR):
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # Regenerates the gRPC stubs in lib/wacoder/wacoder/v1 from protos/ (tests fail on drift).
 protos: install

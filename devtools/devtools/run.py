@@ -7,7 +7,6 @@ as Kubernetes would restart its container.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 
@@ -83,4 +82,4 @@ def supervise(stack: Stack, stopping: threading.Event) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -284,10 +284,11 @@ class _Connection:
                 ),
             )
         while not self.queue.empty():
-            call = self.queue.get_nowait()
-            if call is not None:
+            queued = self.queue.get_nowait()
+            if queued is not None:
                 self._settle(
-                    call, TransportFailure(f"connection to AutoCoder lost: {reason}", may_have_reached=False)
+                    queued,
+                    TransportFailure(f"connection to AutoCoder lost: {reason}", may_have_reached=False),
                 )
 
 
