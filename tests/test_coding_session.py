@@ -5,6 +5,7 @@ sees while AutoCoder is down."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from devtools.stack import Stack
-from wacoder import templates
+from wacoder import keys, templates
 
 from tests.harness import Conversation, TwilioSim
 
@@ -33,10 +35,17 @@ def user(new_user: Callable[[], Conversation]) -> Conversation:
     return new_user()
 
 
-def test_build_a_rest_api_from_whatsapp(user: Conversation, twilio_sim: TwilioSim, tmp_path: Path) -> None:
+def test_build_a_rest_api_from_whatsapp(
+    user: Conversation, twilio_sim: TwilioSim, env: dict[str, str], tmp_path: Path
+) -> None:
     user.ask("/new shop")
     started = user.ask("/run build a REST API with user authentication")
     session_id = SESSION_ID.search(started).group(1)
+
+    # The seed's session:{id} record: readable by operators, with no number and no task text.
+    record = json.loads(redis.Redis.from_url(env["REDIS_URL"]).get(keys.session(session_id)))
+    assert record["session_id"] == session_id and record["project_id"].startswith("proj_")
+    assert user.phone not in json.dumps(record) and "REST API" not in json.dumps(record)
 
     summary = user.wait_progress(r"^🏁 Session", timeout_s=120)
     assert session_id in summary and "succeeded" in summary
@@ -70,6 +79,9 @@ def test_build_a_rest_api_from_whatsapp(user: Conversation, twilio_sim: TwilioSi
     assert any("test" in p for p in python) and any("test" not in p for p in python)
     for path in python:
         compile((tmp_path / path).read_text(), path, "exec")  # real Python, not placeholders
+
+    ended = json.loads(redis.Redis.from_url(env["REDIS_URL"]).get(keys.session(session_id)))
+    assert ended["status"] == "succeeded" and ended["test_results"]["passed"] == passed
 
     # The generated project's tests pass when we run them ourselves.
     run = subprocess.run(

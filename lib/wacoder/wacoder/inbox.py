@@ -16,12 +16,14 @@ from wacoder.crypto import StateCipher
 from wacoder.phones import phone_hash
 from wacoder.v1 import agent_pb2
 
-# KEYS[1] = dedup mark, KEYS[2] = inbox stream; ARGV = sid, ttl, ordering key, encrypted payload.
+# KEYS[1] = dedup mark, KEYS[2] = inbox stream;
+# ARGV = sid, ttl, ordering key, encrypted payload, stream cap.
 _ENQUEUE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) == false then
   return ''
 end
-return redis.call('XADD', KEYS[2], '*', 'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4])
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+                  'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4])
 """
 
 
@@ -44,7 +46,13 @@ class Inbox:
         entry_id = await self._enqueue(
             keys=[keys.inbound_seen(message.message_sid), keys.INBOX_STREAM],
             # One sender's messages are handled in order: the hashed sender is the ordering key.
-            args=[message.message_sid, keys.DEDUP_TTL_S, phone_hash(message.sender, self.hash_salt), payload],
+            args=[
+                message.message_sid,
+                keys.DEDUP_TTL_S,
+                phone_hash(message.sender, self.hash_salt),
+                payload,
+                keys.INBOX_MAXLEN,
+            ],
         )
         return Enqueued(duplicate=not entry_id, entry_id=entry_id or "")
 

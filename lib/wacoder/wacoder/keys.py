@@ -25,6 +25,10 @@ def session(session_id: str) -> str:
     return f"session:{session_id}"
 
 
+# The seed: sessions expire after 24 hours (refreshed when the session ends).
+SESSION_TTL_S = DAY_S
+
+
 def rate_limit(phone: str) -> str:
     return f"rate_limit:{phone}"
 
@@ -40,6 +44,10 @@ def inbound_seen(message_sid: str) -> str:
 
 
 INBOX_STREAM = "stream:inbox"
+# Handled entries stay a while (a recent history for operators), capped with XADD MAXLEN ~.
+# At the global rate limit (100/min) the cap is over an hour and a half of messages, far
+# beyond any backlog, so trimming never reaches an entry that is still pending.
+INBOX_MAXLEN = 10_000
 INBOX_GROUP = "agent"
 OUTBOX_STREAM = "stream:outbox"
 OUTBOX_GROUP = "notifier"

@@ -90,7 +90,7 @@ class Processor:
             )
             for project_id in turn.linked_projects:
                 self.store.link_project(pipe, phone, project_id)
-            for session_id, project_name in turn.started_sessions:
-                self.progress.register(pipe, session_id, message.sender, turn.caller, project_name)
+            for session_id, project in turn.started_sessions:
+                self.progress.register(pipe, session_id, message.sender, turn.caller, project)
             await pipe.execute()
         return parts, [session_id for session_id, _ in turn.started_sessions]

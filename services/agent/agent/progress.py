@@ -22,6 +22,7 @@ from wacoder.v1 import bridge_pb2
 
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError
 from agent.outbound import Outbound, render
+from agent.state import Project
 from agent.turn import files_text
 
 log = logging.getLogger("agent.progress")
@@ -47,11 +48,25 @@ class ProgressRelay:
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     @staticmethod
-    def register(pipe: aioredis.client.Pipeline, session_id: str, to: str, caller: str, project: str) -> None:
+    def register(
+        pipe: aioredis.client.Pipeline, session_id: str, to: str, caller: str, project: Project
+    ) -> None:
         key = keys.session_watch(session_id)
-        pipe.hset(key, mapping={"to": to, "caller": caller, "project": project, "after": 0})
+        pipe.hset(key, mapping={"to": to, "caller": caller, "project": project.name, "after": 0})
         pipe.expire(key, keys.DAY_S)
         pipe.sadd(keys.ACTIVE_WATCHES, session_id)
+        # The seed's session:{id}: what operators may read (no number, no task text).
+        now = time.time()
+        record = {
+            "session_id": session_id,
+            "project_id": project.project_id,
+            "caller": caller,
+            "status": "queued",
+            "created_at": now,
+            "updated_at": now,
+            "test_results": None,
+        }
+        pipe.set(keys.session(session_id), json.dumps(record), ex=keys.SESSION_TTL_S)
 
     def start(self, session_id: str) -> None:
         if session_id not in self._tasks or self._tasks[session_id].done():
@@ -128,6 +143,7 @@ class ProgressRelay:
                     text = "\n".join(
                         [*map(agent_line, pending), summary(session_id, watch["project"], event)]
                     )
+                    await self._record_end(session_id, event)
                     await self._finish(session_id, watch, [text], files=await self._files(session_id, watch))
                     return
                 if event.agent_status in AGENT_ICONS:
@@ -150,6 +166,18 @@ class ProgressRelay:
         except (AutoCoderUnavailable, ToolError):
             return []
         return list(result.get("files", []))
+
+    async def _record_end(self, session_id: str, final: bridge_pb2.SessionEvent) -> None:
+        raw = await self.redis.get(keys.session(session_id))
+        if raw is None:
+            return
+        details: dict[str, Any] = json.loads(final.detail_json or "{}")
+        record = json.loads(raw) | {
+            "status": details.get("status", final.status),
+            "updated_at": time.time(),
+            "test_results": details.get("test_results"),
+        }
+        await self.redis.set(keys.session(session_id), json.dumps(record), ex=keys.SESSION_TTL_S)
 
     async def _finish(
         self,

@@ -21,7 +21,7 @@ class Turn:
     autocoder: AutoCoder
     # Side effects to commit with the reply: projects to link to the user, sessions to watch.
     linked_projects: list[str] = field(default_factory=list)
-    started_sessions: list[tuple[str, str]] = field(default_factory=list)
+    started_sessions: list[tuple[str, Project]] = field(default_factory=list)
     cleared: bool = False
 
     async def create_project(self, name: str, description: str) -> Project:
@@ -66,7 +66,7 @@ class Turn:
             arguments["agents"] = agents
         result = await self.autocoder.call(self.caller, "execute_coding_task", **arguments)
         self.state.last_session = result["session_id"]
-        self.started_sessions.append((result["session_id"], project.name))
+        self.started_sessions.append((result["session_id"], project))
         return dict(result)
 
     def _session_ref(self, ref: str | None) -> str | None:
