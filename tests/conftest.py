@@ -32,19 +32,34 @@ def twilio_sim() -> Iterator[TwilioSim]:
 
 
 @pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for one module: for a module that stops Redis, or counts what is global."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis(redis_server: RedisServer) -> RedisServer:
+    """The Redis of a module's stack: the shared one, unless the module overrides this."""
+    return redis_server
+
+
+@pytest.fixture(scope="module")
 def stack_overrides() -> dict[str, str]:
     return {}
 
 
 @pytest.fixture(scope="module")
 def env(
-    redis_server: RedisServer,
+    module_redis: RedisServer,
     twilio_sim: TwilioSim,
     tmp_path_factory: pytest.TempPathFactory,
     stack_overrides: dict[str, str],
 ) -> dict[str, str]:
     data_dir = str(tmp_path_factory.mktemp("autocoder"))
-    return stack_env(redis_server.url, twilio_sim.url, **{"AUTOCODER_DATA_DIR": data_dir, **stack_overrides})
+    return stack_env(module_redis.url, twilio_sim.url, **{"AUTOCODER_DATA_DIR": data_dir, **stack_overrides})
 
 
 @pytest.fixture(scope="module")

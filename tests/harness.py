@@ -205,6 +205,10 @@ class Conversation:
         self.phone = phone
         self.seen = len(sim.messages(f"whatsapp:{phone}"))
         self.progress: list[str] = []
+        # Replies that arrived while waiting for progress; `next` hands them out first.
+        self.unclaimed: list[str] = []
+        self._last_was_progress = False
+        self._progress_parts: list[str] = []
 
     def send(self, text: str) -> str:
         Conversation._counter += 1
@@ -224,7 +228,8 @@ class Conversation:
 
     def next(self, count: int = 1, timeout_s: float = 20.0) -> list[str]:
         """The next `count` replies; progress messages of running sessions go to `self.progress`."""
-        replies: list[str] = []
+        replies: list[str] = self.unclaimed[:count]
+        del self.unclaimed[:count]
         deadline = time.monotonic() + timeout_s
         while len(replies) < count:
             remaining = deadline - time.monotonic()
@@ -232,8 +237,27 @@ class Conversation:
                 self.seen : self.seen + 1
             ]
             self.seen += 1
-            (self.progress if PROGRESS.match(message["body"]) else replies).append(message["body"])
+            self._file(message["body"], replies)
         return replies
+
+    def _file(self, body: str, replies: list[str]) -> None:
+        """Progress or reply. A message's later parts "(2/3) ..." follow its first part; a
+        progress message split into parts is kept whole (re-joined) in `self.progress`."""
+        part = re.match(r"\((\d+)/(\d+)\) ", body)
+        if part and part.group(1) != "1":
+            is_progress = self._last_was_progress
+        else:
+            is_progress = bool(PROGRESS.match(body))
+        self._last_was_progress = is_progress
+        if not is_progress:
+            replies.append(body)
+        elif part is None:
+            self.progress.append(body)
+        else:
+            self._progress_parts.append(body)
+            if part.group(1) == part.group(2):
+                self.progress.append(join_parts(self._progress_parts))
+                self._progress_parts = []
 
     def wait_progress(self, pattern: str, timeout_s: float = 60.0) -> str:
         """The first progress message matching `pattern` (already received, or arriving)."""
@@ -247,6 +271,5 @@ class Conversation:
             messages = self.sim.messages(f"whatsapp:{self.phone}")
             for message in messages[self.seen :]:
                 self.seen += 1
-                if PROGRESS.match(message["body"]):
-                    self.progress.append(message["body"])
+                self._file(message["body"], self.unclaimed)
             time.sleep(0.1)

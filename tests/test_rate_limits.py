@@ -8,7 +8,12 @@ from collections.abc import Callable
 import pytest
 from wacoder import templates
 
-from tests.harness import Conversation, inbound, post_signed
+from tests.harness import Conversation, RedisServer, inbound, post_signed
+
+
+@pytest.fixture(scope="module")
+def module_redis(own_redis: RedisServer) -> RedisServer:
+    return own_redis  # the global limit counts every message on a Redis: start from zero
 
 
 @pytest.fixture(scope="module")

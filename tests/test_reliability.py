@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -16,29 +16,17 @@ import redis
 from devtools.stack import Stack
 from wacoder import keys
 
-from tests.harness import Conversation, RedisServer, TwilioSim, inbound, post_signed, stack_env
+from tests.harness import Conversation, RedisServer, TwilioSim, inbound, post_signed
 
 
 @pytest.fixture(scope="module")
-def own_redis() -> Iterator[RedisServer]:
-    """This module stops and restarts Redis, so it has one of its own."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+def module_redis(own_redis: RedisServer) -> RedisServer:
+    return own_redis  # this module stops and restarts Redis
 
 
 @pytest.fixture(scope="module")
-def env(
-    own_redis: RedisServer, twilio_sim: TwilioSim, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    return stack_env(
-        own_redis.url,
-        twilio_sim.url,
-        AUTOCODER_DATA_DIR=str(tmp_path_factory.mktemp("autocoder")),
-        STREAM_CLAIM_IDLE_MS="3000",
-        NOTIFIER_BACKOFF_BASE_S="0.05",
-    )
+def stack_overrides() -> dict[str, str]:
+    return {"STREAM_CLAIM_IDLE_MS": "3000", "NOTIFIER_BACKOFF_BASE_S": "0.05"}
 
 
 @pytest.fixture
@@ -78,9 +66,9 @@ def test_a_message_sent_while_the_agent_is_down_is_answered_when_it_is_back(
 
 
 def test_redis_down_is_a_503_and_health_says_why(
-    user: Conversation, stack: Stack, env: dict[str, str], own_redis: RedisServer
+    user: Conversation, stack: Stack, env: dict[str, str], module_redis: RedisServer
 ) -> None:
-    own_redis.stop()
+    module_redis.stop()
     try:
         answer = post_signed(
             env, "/webhook/whatsapp", inbound(user.phone, "/help", "SMredisdown0000000000000000001")
@@ -90,7 +78,7 @@ def test_redis_down_is_a_503_and_health_says_why(
         assert health.status_code == 503
         assert health.json()["checks"]["redis"] == "unavailable"
     finally:
-        own_redis.start()
+        module_redis.start()
     # Twilio's retry of the same message, once Redis is back, is accepted and answered.
     deadline = time.monotonic() + 30
     while True:

@@ -7,7 +7,6 @@ nothing has seen yet, or resends a stored reply that the notifier de-duplicates.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -20,7 +19,7 @@ from wacoder.v1 import agent_pb2
 
 from agent.autocoder import AutoCoder
 from agent.dialogue import FreeTextResponder, reply_to
-from agent.outbound import Outbound, render
+from agent.outbound import Outbound
 from agent.progress import ProgressRelay
 from agent.state import StateStore
 from agent.turn import Turn
@@ -58,10 +57,10 @@ class Processor:
         stored = await self.redis.get(keys.agent_replies(message.message_sid))
         sessions: list[str] = []
         if stored is not None:
-            parts: list[str] = json.loads(self.cipher.decrypt(stored))
+            reply = self.cipher.decrypt(stored)
         else:
-            parts, sessions = await self._respond(message)
-        await self.outbound.send(message.sender, parts, key=f"reply:{message.message_sid}")
+            reply, sessions = await self._respond(message)
+        await self.outbound.send(message.sender, reply, key=f"reply:{message.message_sid}")
         # Progress starts after the reply that announced the session, so it arrives after it.
         # (On the resend path the relay was registered already; startup resumes it.)
         for session_id in sessions:
@@ -70,27 +69,24 @@ class Processor:
             "message processed",
             extra={
                 "phone": to_e164(message.sender),
-                "parts": len(parts),
+                "reply_chars": len(reply),
                 "duration_ms": round((time.perf_counter() - started) * 1000),
             },
         )
 
-    async def _respond(self, message: agent_pb2.InboundMessage) -> tuple[list[str], list[str]]:
+    async def _respond(self, message: agent_pb2.InboundMessage) -> tuple[str, list[str]]:
         phone = to_e164(message.sender)
         state = await self.store.load(phone)
         turn = Turn(state=state, caller=phone_hash(phone, self.hash_salt), autocoder=self.autocoder)
         text = await reply_to(turn, message.body, self.free_text)
         if not turn.cleared:
             state.remember(message.body, text)
-        parts = render(text)
         async with self.redis.pipeline(transaction=True) as pipe:
             self.store.save(pipe, state)
-            pipe.set(
-                keys.agent_replies(message.message_sid), self.cipher.encrypt(json.dumps(parts)), ex=keys.DAY_S
-            )
+            pipe.set(keys.agent_replies(message.message_sid), self.cipher.encrypt(text), ex=keys.DAY_S)
             for project_id in turn.linked_projects:
                 self.store.link_project(pipe, phone, project_id)
             for session_id, project in turn.started_sessions:
                 self.progress.register(pipe, session_id, message.sender, turn.caller, project)
             await pipe.execute()
-        return parts, [session_id for session_id, _ in turn.started_sessions]
+        return text, [session_id for session_id, _ in turn.started_sessions]

@@ -21,7 +21,7 @@ from wacoder import keys
 from wacoder.v1 import bridge_pb2
 
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError
-from agent.outbound import Outbound, render
+from agent.outbound import Outbound
 from agent.state import Project
 from agent.turn import files_text
 
@@ -156,7 +156,7 @@ class ProgressRelay:
     ) -> None:
         last = batch[-1].seq
         text = "\n".join(map(agent_line, batch))
-        await self.outbound.send(watch["to"], render(text), key=f"progress:{session_id}:{last}")
+        await self.outbound.send(watch["to"], text, key=f"progress:{session_id}:{last}")
         await self.redis.hset(keys.session_watch(session_id), "after", last)
         watch["after"] = str(last)
 
@@ -189,7 +189,7 @@ class ProgressRelay:
         if files:
             texts = [texts[0] + "\n\n" + files_text(files)]
         for text in texts:
-            await self.outbound.send(watch["to"], render(text), key=f"progress:{session_id}:final")
+            await self.outbound.send(watch["to"], text, key=f"progress:{session_id}:final")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.session_watch(session_id))
             pipe.srem(keys.ACTIVE_WATCHES, session_id)
