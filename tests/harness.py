@@ -128,7 +128,6 @@ def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, st
     webhook_port = free_port()
     autocoder_port = free_port()
     env = {
-        "ENVIRONMENT": "production",
         "REDIS_URL": redis_url,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,

@@ -35,7 +35,7 @@ def state_key() -> str:
 
 def dev_defaults(env: dict[str, str]) -> dict[str, str]:
     """The embedded defaults for whatever `env` leaves unset (Redis is decided by run.py)."""
-    defaults: dict[str, str] = {"ENVIRONMENT": "development", "STATE_ENCRYPTION_KEY": state_key()}
+    defaults: dict[str, str] = {"STATE_ENCRYPTION_KEY": state_key()}
     if "TWILIO_ACCOUNT_SID" not in env:
         # No Twilio account: replies go to `make chat`, which plays Twilio's Messages API.
         defaults |= {

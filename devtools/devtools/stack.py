@@ -88,7 +88,7 @@ class ServiceProcess:
             self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.spec.module],
-            env={**os.environ, **self.env, "SERVICE_NAME": self.spec.name},
+            env={**os.environ, **self.env},
             stdout=self._log,
             stderr=subprocess.STDOUT if self._log else None,
         )

@@ -44,7 +44,6 @@ class AutoCoderServer:
             "AUTOCODER_PORT": str(self.port),
             "AUTOCODER_DATA_DIR": str(self.data_dir),
             "AUTOCODER_SIGNING_KEY": SIGNING_KEY,
-            "ENVIRONMENT": "development",
             **env,
         }
         # The built-in generators are what these tests exercise, whatever the developer's shell has.

@@ -7,7 +7,6 @@ a `.env` file may supply them and the environment wins.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,11 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    # "production" keeps phone numbers and message text out of logs; "development" too,
-    # except that it logs at a friendlier level of detail for a newcomer.
-    environment: Literal["development", "production"] = "production"
+    # Logs never carry phone numbers or message text, whatever the level.
     log_level: str = "INFO"
-    service_name: str = "wacoder"
 
     redis_url: str = "redis://127.0.0.1:6379/0"
 

@@ -146,11 +146,6 @@ class KeyedStreamConsumer:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    @property
-    def held(self) -> int:
-        """Entries this consumer holds right now (queued in lanes or running)."""
-        return len(self._in_flight)
-
     async def _pause(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
