@@ -95,7 +95,6 @@ def test_project_lifecycle(alice: Conversation, env: dict[str, str], r: redis.Re
 
 
 def test_run_status_files_and_clear(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:
-    assert "Which project" in alice.ask("/run build a todo API")
     assert "No coding session yet" in alice.ask("/status")
     assert "No coding session yet" in alice.ask("/files")
 
@@ -112,6 +111,23 @@ def test_run_status_files_and_clear(alice: Conversation, env: dict[str, str], r:
     assert "cleared" in alice.ask("/clear").lower()
     state = state_of(env, r, alice.phone)
     assert state["history"] == [] and state["active_project"] is None and state["last_session"] is None
+
+
+def test_a_newcomers_first_request_creates_a_project_runs_it_and_reports(alice: Conversation) -> None:
+    started = alice.ask("build me a todo app with a database")
+    assert "Created project *todo-app*" in started
+    session_id = SESSION_ID.search(started).group(1)
+    assert "database" in started and "Task: build me a todo app with a database" in started
+    assert "todo-app" in alice.ask("/list")
+    alice.wait_progress(rf"Session `{session_id}` in \*todo-app\*: \*(succeeded|failed)\*", timeout_s=90)
+
+    made = alice.ask("what did you make?")
+    assert session_id in made and "Tests:" in made and "*Files*" in made
+
+    # Another request without an active project gets a project of its own, never a clash.
+    alice.ask("/clear")
+    again = alice.ask("/run build a todo app")
+    assert "Created project *todo-app-2*" in again and "Your other projects: /list" in again
 
 
 def test_state_is_encrypted_with_a_24h_ttl(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:

@@ -3,8 +3,8 @@ and the chaos test (kill -9 agent and notifier at random while 20 users write)."
 
 from __future__ import annotations
 
+import asyncio
 import random
-import re
 import threading
 import time
 from collections import defaultdict
@@ -15,8 +15,10 @@ import pytest
 import redis
 from devtools.stack import Stack
 from wacoder import keys
+from wacoder.phones import phone_hash
 
-from tests.harness import Conversation, RedisServer, TwilioSim, inbound, post_signed
+from tests.autocoder.conftest import mcp_client
+from tests.harness import PROGRESS, Conversation, RedisServer, TwilioSim, inbound, post_signed
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,11 @@ def module_redis(own_redis: RedisServer) -> RedisServer:
 
 @pytest.fixture(scope="module")
 def stack_overrides() -> dict[str, str]:
-    return {"STREAM_CLAIM_IDLE_MS": "3000", "NOTIFIER_BACKOFF_BASE_S": "0.05"}
+    return {
+        "STREAM_CLAIM_IDLE_MS": "3000",
+        "NOTIFIER_BACKOFF_BASE_S": "0.05",
+        "PHONE_HASH_SALT": "chaos-test-salt",
+    }
 
 
 @pytest.fixture
@@ -120,22 +126,39 @@ def test_status_callbacks_are_recorded_and_unsigned_ones_refused(
     assert post_signed(env, "/webhook/status", failed).status_code == 204
 
 
-USERS, PER_USER = 20, 10
-TOKEN = re.compile(r"zq(\d\d)x(\d\d\d)")
+USERS = 20
+
+
+def script(u: int) -> list[tuple[str, Callable[[str], bool]]]:
+    """What user `u` sends, each with how its reply is recognised: a project, a coding
+    session, commands and free text (free text is echoed in the "didn't understand" reply)."""
+    token = lambda m: f"zq{u:02d}x{m:03d}"  # noqa: E731
+    return [
+        (f"/new {token(0)}", lambda reply: f"Created project *{token(0)}*" in reply),
+        (f"/run {token(1)} build a small greeting API", lambda reply: f"Task: {token(1)}" in reply),
+        ("/agents", lambda reply: "AutoCoder agents" in reply),
+        (token(3), lambda reply: f"didn't understand “{token(3)}”" in reply),
+        ("/list", lambda reply: "Your projects" in reply and token(0) in reply),
+        ("/status", lambda reply: reply.startswith(("⏳", "⚙️", "✅", "❌")) and token(1) in reply),
+        (token(6), lambda reply: f"didn't understand “{token(6)}”" in reply),
+        ("/help", lambda reply: "Commands" in reply),
+        (token(8), lambda reply: f"didn't understand “{token(8)}”" in reply),
+    ]
 
 
 def test_chaos_every_accepted_message_is_answered_exactly_once_in_order(
     stack: Stack, env: dict[str, str], twilio_sim: TwilioSim
 ) -> None:
-    """200 messages from 20 users while agent and notifier are kill -9'd at random moments."""
+    """20 users each create a project, run a coding session, use commands and write free text,
+    while agent and notifier are kill -9'd at random moments. Every accepted message gets
+    exactly one reply, in order; AutoCoder holds exactly one project and one session per user."""
     twilio_sim.clear()
     phones = [f"+1555880{u:04d}" for u in range(USERS)]
-    accepted: dict[str, list[str]] = defaultdict(list)
+    accepted: dict[str, list[Callable[[str], bool]]] = defaultdict(list)
     done = threading.Event()
 
     def write(u: int) -> None:
-        for m in range(PER_USER):
-            body = f"zq{u:02d}x{m:03d}"
+        for m, (body, expect) in enumerate(script(u)):
             form = inbound(phones[u], body, f"SMchaos{u:02d}{m:03d}" + "0" * 22)
             for _ in range(50):  # as Twilio would, until it gets an answer
                 try:
@@ -144,7 +167,7 @@ def test_chaos_every_accepted_message_is_answered_exactly_once_in_order(
                     time.sleep(0.2)
                     continue
                 if answer.status_code == 200:
-                    accepted[phones[u]].append(body)
+                    accepted[phones[u]].append(expect)
                     break
                 time.sleep(0.2)
             time.sleep(random.uniform(0.3, 1.0))  # people type; the chaos needs time to strike
@@ -157,9 +180,8 @@ def test_chaos_every_accepted_message_is_answered_exactly_once_in_order(
             victim = rng.choice(["agent", "notifier"])
             stack[victim].kill()
             kills.append(victim)
-            stack[
-                victim
-            ].start()  # as `make run` or Kubernetes would; not waiting: the next kill may come first
+            # As `make run` or Kubernetes would; not waiting: the next kill may come first.
+            stack[victim].start()
         for process in (stack["agent"], stack["notifier"]):
             process.wait_ready()
 
@@ -174,26 +196,39 @@ def test_chaos_every_accepted_message_is_answered_exactly_once_in_order(
     killer.join()
     assert len(kills) >= 4, kills
     total = sum(len(v) for v in accepted.values())
-    assert total == USERS * PER_USER
+    assert total == USERS * len(script(0))
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        replies = [m for m in twilio_sim.messages() if TOKEN.search(m["body"])]
-        if len(replies) >= total:
-            break
+    def replies() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = defaultdict(list)
+        for message in twilio_sim.messages():
+            if not PROGRESS.match(message["body"]):
+                found[message["to"].removeprefix("whatsapp:")].append(message["body"])
+        return found
+
+    deadline = time.monotonic() + 180
+    while sum(map(len, replies().values())) < total and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(5)  # a duplicate would show up now
-    replies = [m for m in twilio_sim.messages() if TOKEN.search(m["body"])]
+    got = replies()
+    for phone, expectations in accepted.items():
+        answers = got[phone]
+        assert len(answers) == len(expectations), (
+            f"{phone}: {len(answers)} replies (kills: {kills}): {answers}"
+        )
+        for n, (expect, reply) in enumerate(zip(expectations, answers, strict=True)):
+            assert expect(reply), f"{phone}: reply {n} out of order or wrong (kills: {kills}): {reply!r}"
 
-    per_token: dict[str, int] = defaultdict(int)
-    order: dict[str, list[str]] = defaultdict(list)
-    for reply in replies:
-        token = TOKEN.search(reply["body"]).group(0)
-        per_token[token] += 1
-        order[reply["to"].removeprefix("whatsapp:")].append(token)
-    missing = [b for bodies in accepted.values() for b in bodies if per_token[b] == 0]
-    duplicated = {t: n for t, n in per_token.items() if n > 1}
-    assert not missing, f"{len(missing)} accepted messages never answered (kills: {kills})"
-    assert not duplicated, f"answered more than once: {duplicated} (kills: {kills})"
-    for phone, bodies in accepted.items():
-        assert order[phone] == bodies, f"out of order for {phone}"
+    # The redo of a turn that created something did not create it twice.
+    async def count_at_autocoder() -> dict[str, tuple[int, int]]:
+        salt = env["PHONE_HASH_SALT"]
+        counts = {}
+        async with mcp_client(env["AUTOCODER_MCP_URL"]) as session:
+            for phone in phones:
+                result = await session.call_tool(
+                    "list_projects", {}, meta={"caller": phone_hash(phone, salt)}
+                )
+                projects = (result.structuredContent or {})["projects"]
+                counts[phone] = (len(projects), sum(len(p["sessions"]) for p in projects))
+        return counts
+
+    assert asyncio.run(count_at_autocoder()) == dict.fromkeys(phones, (1, 1))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from agent.router import AGENT_NAMES, Intent, IntentKind, route
+from agent.router import AGENT_NAMES, Intent, IntentKind, project_name_for, route
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +27,11 @@ CASES: list[tuple[str, IntentKind, tuple[str, ...] | None]] = [
     ("what agents are there?", K.AGENTS, None),
     ("which agents do you have", K.AGENTS, None),
     ("/agents", K.AGENTS, None),
+    # What came out of the work
+    ("what did you make?", K.RESULT, None),
+    ("What have you built", K.RESULT, None),
+    ("what's the result", K.RESULT, None),
+    ("how did it go?", K.RESULT, None),
     # Projects
     ("list my projects", K.LIST_PROJECTS, None),
     ("show projects", K.LIST_PROJECTS, None),
@@ -57,7 +62,7 @@ CASES: list[tuple[str, IntentKind, tuple[str, ...] | None]] = [
     ("I need a login page", K.RUN_TASK, ("uiux",)),
     ("give me code for a todo app", K.RUN_TASK, ("developer",)),
     ("update the status page", K.RUN_TASK, ("uiux",)),
-    ("create a web application with user authentication", K.RUN_TASK, ()),
+    ("create a web application with user authentication", K.RUN_TASK, ("developer",)),
     ("/task build a chat server", K.RUN_TASK, ("developer",)),
     # Status
     ("status", K.STATUS, None),
@@ -170,3 +175,18 @@ def test_router_hints_add_experts_to_a_team(hints: tuple[str, ...], expected: li
     from agent.offline import team
 
     assert team(hints) == expected
+
+
+@pytest.mark.parametrize(
+    ("request_text", "name"),
+    [
+        ("build me a todo app with a database", "todo-app"),
+        ("Create a Flask service that greets people", "flask-service"),
+        ("I need a login page for my shop", "login-page"),
+        ("please make a simple blog", "blog"),
+        ("Build an inventory management system using Django", "inventory-management-system"),
+        ("🚀🚀", "project"),
+    ],
+)
+def test_a_project_is_named_after_the_request(request_text: str, name: str) -> None:
+    assert project_name_for(request_text) == name

@@ -17,13 +17,14 @@ from wacoder.phones import phone_hash
 from wacoder.v1 import agent_pb2
 
 # KEYS[1] = dedup mark, KEYS[2] = inbox stream;
-# ARGV = sid, ttl, ordering key, encrypted payload, stream cap.
+# ARGV = sid, ttl, ordering key, encrypted payload.
+# No MAXLEN here: a cap applied while adding would trim entries nobody has handled yet. The
+# consumer trims what the group has acknowledged (wacoder.streams).
 _ENQUEUE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) == false then
   return ''
 end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-                  'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4])
+return redis.call('XADD', KEYS[2], '*', 'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4])
 """
 
 
@@ -51,7 +52,6 @@ class Inbox:
                 keys.DEDUP_TTL_S,
                 phone_hash(message.sender, self.hash_salt),
                 payload,
-                keys.INBOX_MAXLEN,
             ],
         )
         return Enqueued(duplicate=not entry_id, entry_id=entry_id or "")

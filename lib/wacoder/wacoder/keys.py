@@ -43,11 +43,9 @@ def inbound_seen(message_sid: str) -> str:
     return f"inbound:seen:{message_sid}"
 
 
+# Handled entries stay a while (a recent history for operators): the agent trims beyond
+# INBOX_MAXLEN (settings), never below what it has acknowledged.
 INBOX_STREAM = "stream:inbox"
-# Handled entries stay a while (a recent history for operators), capped with XADD MAXLEN ~.
-# At the global rate limit (100/min) the cap is over an hour and a half of messages, far
-# beyond any backlog, so trimming never reaches an entry that is still pending.
-INBOX_MAXLEN = 10_000
 INBOX_GROUP = "agent"
 OUTBOX_STREAM = "stream:outbox"
 OUTBOX_GROUP = "notifier"

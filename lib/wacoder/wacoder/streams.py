@@ -15,6 +15,12 @@ Guarantees, and why:
 - Entries with the same key (a phone number) are handled one at a time, in stream order;
   different keys run concurrently. At most `max_in_flight` entries are held in memory; beyond
   that the stream itself is the queue.
+- A handler that raises is retried in place, with backoff, until it finishes: the rest of its
+  lane waits (a sender's later message must not overtake an earlier one), other lanes go on.
+  Failures are expected to be transient (a peer or Redis away); a handler turns what can never
+  succeed into a final outcome of its own (the notifier's dead letters).
+- The stream keeps a recent history for operators: beyond `retain` entries, the consumer trims
+  only what the group has acknowledged, so an entry that is still work is never trimmed.
 - Redis going away (errors, a restart without persistence that drops the group) is survived:
   the loop backs off, recreates the group and resumes its own pending entries.
 - Shutdown: `stop()` stops reading and starting entries; `drain(timeout_s)` lets running
@@ -51,6 +57,8 @@ READ_COUNT = 100
 # XCLAIM takes the ids as arguments; keep each heartbeat command a reasonable size.
 HEARTBEAT_BATCH = 500
 REDIS_RETRY_MAX_S = 5.0
+# Entries trimmed per heartbeat at most: trimming is housekeeping, not a burst of work.
+TRIM_BATCH = 1000
 
 
 def default_consumer_name(prefix: str) -> str:
@@ -70,6 +78,9 @@ class KeyedStreamConsumer:
         handle: Handler,
         claim_idle_ms: int = 15_000,
         max_in_flight: int = 256,
+        retain: int | None = None,
+        retry_base_s: float = 0.2,
+        retry_max_s: float = 10.0,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -79,6 +90,9 @@ class KeyedStreamConsumer:
         self.handle = handle
         self.claim_idle_ms = claim_idle_ms
         self.max_in_flight = max_in_flight
+        self.retain = retain
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
         # Set by stop(); handlers may wait on it to cut a backoff short (and keep the entry pending).
         self.stopping = asyncio.Event()
         self._queues: dict[str, asyncio.Queue[tuple[str, Fields]]] = {}
@@ -91,8 +105,8 @@ class KeyedStreamConsumer:
         """Consumes until `stop()`; survives Redis going away and coming back."""
         heartbeat = asyncio.create_task(self._heartbeat())
         backoff = 0.1
-        # Own pending entries are taken back once per (re)connection; after that, an entry
-        # whose handler failed is retried when it has been idle claim_idle_ms, not in a tight loop.
+        # Own pending entries are taken back once per (re)connection (a handler that failed is
+        # retried in place by its lane, so there is nothing else of ours to take back).
         resume_own = True
         try:
             while not self.stopping.is_set():
@@ -240,20 +254,41 @@ class KeyedStreamConsumer:
             while not queue.empty() and not self.stopping.is_set():
                 entry_id, fields = queue.get_nowait()
                 try:
-                    outcome = await self.handle(entry_id, fields)
-                    if outcome is None or outcome is Outcome.DONE:
-                        await self._ack(entry_id)
-                except Exception:
-                    # Left pending: it is retried after claim_idle_ms (by us or another consumer).
-                    log.exception("handler failed; entry stays pending", extra={"stream": self.stream})
+                    finished = await self._handle_until_finished(entry_id, fields)
                 finally:
                     self._release(entry_id)
+                if not finished:
+                    break  # the rest of the lane must not overtake it: it all stays pending
         finally:
-            # Stopping (or cancelled by drain): what is still queued stays pending in Redis.
+            # Stopping (or cancelled by drain): what is still queued stays pending in Redis, and
+            # comes back in stream order (own pending on restart, or claimed by a peer).
             while not queue.empty():
                 self._release(queue.get_nowait()[0])
             del self._workers[key]
             self._queues.pop(key, None)
+
+    async def _handle_until_finished(self, entry_id: str, fields: Fields) -> bool:
+        """Runs the handler until it finishes the entry; False if it is left pending."""
+        delay = self.retry_base_s
+        attempt = 0
+        while True:
+            try:
+                outcome = await self.handle(entry_id, fields)
+            except Exception as error:
+                attempt += 1
+                extra = {"stream": self.stream, "entry_id": entry_id, "attempt": attempt, "retry_in_s": delay}
+                if attempt == 1:
+                    log.exception("handler failed; retrying it in place", extra=extra)
+                else:
+                    log.warning("handler failed again", extra=extra | {"error": repr(error)})
+                await self._pause(delay)
+                if self.stopping.is_set():
+                    return False
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            if outcome is None or outcome is Outcome.DONE:
+                await self._ack(entry_id)
+            return outcome is not Outcome.KEEP_PENDING
 
     async def _ack(self, entry_id: str) -> None:
         for attempt in range(5):
@@ -278,5 +313,33 @@ class KeyedStreamConsumer:
                         message_ids=ids[i : i + HEARTBEAT_BATCH],
                         justid=True,
                     )
+                if self.retain is not None:
+                    await self._trim()
             except (RedisError, OSError):
                 pass  # the next beat tries again; the read loop reports the outage
+
+    async def _trim(self) -> None:
+        """Trims the history beyond `retain` entries, but never an entry the group has not
+        acknowledged: only ids below both the oldest pending one and the last one delivered
+        (entries after it were never read) go. New entries only get higher ids and pending
+        ones only get acknowledged, so the bound stays safe while we trim."""
+        assert self.retain is not None
+        length = await self.redis.xlen(self.stream)
+        if length <= self.retain:
+            return
+        # The first entry the cap keeps (at most TRIM_BATCH entries go per beat).
+        over = await self.redis.xrange(self.stream, count=min(length - self.retain, TRIM_BATCH) + 1)
+        bound = over[-1][0]
+        group = next((g for g in await self.redis.xinfo_groups(self.stream) if g["name"] == self.group), None)
+        if group is None:
+            return
+        bound = min(bound, group["last-delivered-id"], key=_stream_id)
+        pending = await self.redis.xpending(self.stream, self.group)
+        if pending["pending"]:
+            bound = min(bound, pending["min"], key=_stream_id)
+        await self.redis.xtrim(self.stream, minid=bound, approximate=False)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)

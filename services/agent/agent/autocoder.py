@@ -7,7 +7,7 @@ one user can never reach another's work, whatever ids they type.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,13 +64,19 @@ class AutoCoder:
         return json.loads(reply.result_json) if reply.result_json else None
 
     async def watch(
-        self, caller: str, session_id: str, after_event: int
+        self, caller: str, session_id: str, after_event: int, on_contact: Callable[[], None] | None = None
     ) -> AsyncIterator[bridge_pb2.SessionEvent]:
+        """The session's events; `on_contact` is called once the bridge has reached AutoCoder for
+        this watch (its initial metadata says so), which may be long before the next event."""
         request = bridge_pb2.WatchSessionRequest(
             session_id=session_id, caller=caller, after_event=after_event
         )
         try:
-            async for event in self.stub.WatchSession(request):
+            call = self.stub.WatchSession(request)
+            metadata = await call.initial_metadata()
+            if on_contact is not None and ("wacoder-watch", "live") in tuple(metadata or ()):
+                on_contact()
+            async for event in call:
                 yield event
         except grpc.aio.AioRpcError as error:
             if error.code() in _UNAVAILABLE:

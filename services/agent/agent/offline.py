@@ -45,6 +45,8 @@ async def _carry_out(turn: Turn, intent: Intent, text: str) -> str:
             return await turn.run_task(intent.task or text, team(intent.agents))
         case IntentKind.STATUS:
             return await turn.session_status(intent.session_ref)
+        case IntentKind.RESULT:
+            return await turn.session_result(intent.session_ref)
         case IntentKind.FILES:
             return await turn.session_files(intent.session_ref)
         case IntentKind.HELP:

@@ -7,8 +7,10 @@ nothing has seen yet, or resends a stored reply that the notifier de-duplicates.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from wacoder import keys
@@ -55,38 +57,63 @@ class Processor:
         message = self.inbox.decode(fields)
         started = time.perf_counter()
         stored = await self.redis.get(keys.agent_replies(message.message_sid))
-        sessions: list[str] = []
         if stored is not None:
-            reply = self.cipher.decrypt(stored)
+            # A redo (the send failed, or we crashed after committing): resend, don't recompute.
+            answer = Answer.from_json(self.cipher.decrypt(stored))
         else:
-            reply, sessions = await self._respond(message)
-        await self.outbound.send(message.sender, reply, key=f"reply:{message.message_sid}")
-        # Progress starts after the reply that announced the session, so it arrives after it.
-        # (On the resend path the relay was registered already; startup resumes it.)
-        for session_id in sessions:
+            answer = await self._respond(message)
+        await self.outbound.send(message.sender, answer.text, key=f"reply:{message.message_sid}")
+        # Progress starts after the reply that announced the session, so it arrives after it; on
+        # a redo too (starting a relay that already runs is a no-op).
+        for session_id in answer.sessions:
             self.progress.start(session_id)
         log.info(
             "message processed",
             extra={
                 "phone": to_e164(message.sender),
-                "reply_chars": len(reply),
+                "reply_chars": len(answer.text),
                 "duration_ms": round((time.perf_counter() - started) * 1000),
             },
         )
 
-    async def _respond(self, message: agent_pb2.InboundMessage) -> tuple[str, list[str]]:
+    async def _respond(self, message: agent_pb2.InboundMessage) -> Answer:
         phone = to_e164(message.sender)
         state = await self.store.load(phone)
-        turn = Turn(state=state, caller=phone_hash(phone, self.hash_salt), autocoder=self.autocoder)
+        turn = Turn(
+            state=state,
+            caller=phone_hash(phone, self.hash_salt),
+            autocoder=self.autocoder,
+            cause=message.message_sid,
+        )
         text = await reply_to(turn, message.body, self.free_text)
         if not turn.cleared:
             state.remember(message.body, text)
+        answer = Answer(text, [session_id for session_id, _ in turn.started_sessions])
         async with self.redis.pipeline(transaction=True) as pipe:
             self.store.save(pipe, state)
-            pipe.set(keys.agent_replies(message.message_sid), self.cipher.encrypt(text), ex=keys.DAY_S)
+            pipe.set(
+                keys.agent_replies(message.message_sid), self.cipher.encrypt(answer.to_json()), ex=keys.DAY_S
+            )
             for project_id in turn.linked_projects:
                 self.store.link_project(pipe, phone, project_id)
             for session_id, project in turn.started_sessions:
                 self.progress.register(pipe, session_id, message.sender, turn.caller, project)
             await pipe.execute()
-        return text, [session_id for session_id, _ in turn.started_sessions]
+        return answer
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The reply to one message and the coding sessions it started: stored together, so a
+    redo resends the reply and still relays the sessions' progress."""
+
+    text: str
+    sessions: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps({"text": self.text, "sessions": self.sessions})
+
+    @classmethod
+    def from_json(cls, raw: str) -> Answer:
+        data = json.loads(raw)
+        return cls(str(data["text"]), [str(s) for s in data.get("sessions", [])])

@@ -40,11 +40,13 @@ class ProgressRelay:
         autocoder: AutoCoder,
         outbound: Outbound,
         batch_interval_s: float = BATCH_INTERVAL_S,
+        give_up_after_s: float = GIVE_UP_AFTER_S,
     ) -> None:
         self.redis = redis
         self.autocoder = autocoder
         self.outbound = outbound
         self.batch_interval_s = batch_interval_s
+        self.give_up_after_s = give_up_after_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     @staticmethod
@@ -69,32 +71,42 @@ class ProgressRelay:
         pipe.set(keys.session(session_id), json.dumps(record), ex=keys.SESSION_TTL_S)
 
     def start(self, session_id: str) -> None:
-        if session_id not in self._tasks or self._tasks[session_id].done():
-            self._tasks[session_id] = asyncio.create_task(self._relay(session_id))
+        """Relays the session unless it is relayed already (so starting again is harmless)."""
+        if session_id not in self._tasks:
+            task = asyncio.create_task(self._relay(session_id))
+            self._tasks[session_id] = task
+            # A finished relay is forgotten: the dict holds only the running ones.
+            task.add_done_callback(lambda _: self._tasks.pop(session_id, None))
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
 
     async def resume_all(self) -> None:
         for session_id in await self.redis.smembers(keys.ACTIVE_WATCHES):
             self.start(session_id)
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _relay(self, session_id: str) -> None:
         key = keys.session_watch(session_id)
-        down_since: float | None = None
+        # Any contact (the watch reached AutoCoder, or an event arrived) ends an outage, so two
+        # short blips far apart are two short outages, not one long one.
+        outage = Outage()
         while True:
             watch = await self.redis.hgetall(key)
             if not watch:
                 await self.redis.srem(keys.ACTIVE_WATCHES, session_id)
                 return
             try:
-                await self._follow(session_id, watch)
+                await self._follow(session_id, watch, outage)
                 return
             except AutoCoderUnavailable:
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > GIVE_UP_AFTER_S:
+                if outage.began() > self.give_up_after_s:
                     await self._finish(
                         session_id,
                         watch,
@@ -114,11 +126,13 @@ class ProgressRelay:
                 log.exception("progress relay failed; retrying")
                 await asyncio.sleep(5.0)
 
-    async def _follow(self, session_id: str, watch: dict[str, str]) -> None:
+    async def _follow(self, session_id: str, watch: dict[str, str], outage: Outage) -> None:
         events: asyncio.Queue[bridge_pb2.SessionEvent | None] = asyncio.Queue()
 
         async def read() -> None:
-            async for event in self.autocoder.watch(watch["caller"], session_id, int(watch["after"])):
+            after = int(watch["after"])
+            async for event in self.autocoder.watch(watch["caller"], session_id, after, outage.end):
+                outage.end()
                 await events.put(event)
             await events.put(None)
 
@@ -194,6 +208,22 @@ class ProgressRelay:
             pipe.delete(keys.session_watch(session_id))
             pipe.srem(keys.ACTIVE_WATCHES, session_id)
             await pipe.execute()
+
+
+class Outage:
+    """How long AutoCoder has been out of reach for one relay, as seen by its failures."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def began(self) -> float:
+        """Records a failure; returns the seconds since the outage began."""
+        now = time.monotonic()
+        self._since = self._since or now
+        return now - self._since
+
+    def end(self) -> None:
+        self._since = None
 
 
 def agent_line(event: bridge_pb2.SessionEvent) -> str:

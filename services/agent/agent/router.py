@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["AGENT_NAMES", "Intent", "IntentKind", "route"]
+__all__ = ["AGENT_NAMES", "Intent", "IntentKind", "project_name_for", "route"]
 
 # AutoCoder's six agents, in pipeline order; hints are reported in this order.
 AGENT_NAMES: tuple[str, ...] = ("planner", "developer", "tester", "uiux", "database", "devops")
@@ -24,6 +24,7 @@ class IntentKind(StrEnum):
     LIST_PROJECTS = "list_projects"
     RUN_TASK = "run_task"
     STATUS = "status"
+    RESULT = "result"
     FILES = "files"
     HELP = "help"
     AGENTS = "agents"
@@ -38,7 +39,7 @@ class Intent:
     description: str | None = None  # CREATE_PROJECT: what the project is, if given
     task: str | None = None  # RUN_TASK: the request, politeness stripped, case kept
     agents: tuple[str, ...] = ()  # RUN_TASK: agents the wording points at; () = let AutoCoder pick
-    session_ref: str | None = None  # STATUS / FILES: an explicit "sess_<hex>" in the message
+    session_ref: str | None = None  # STATUS / RESULT / FILES: an explicit "sess_<hex>" in the message
 
 
 _FLAGS = re.IGNORECASE
@@ -157,6 +158,15 @@ _STATUS = _rx(
     r"^sess_[0-9a-f]+$",
 )
 
+# Asking what came out of the work: the last session's summary and its files.
+_RESULT = _rx(
+    r"^what (?:did|have) (?:you|u|we|they|the agents) "
+    r"(?:make|made|build|built|do|done|create|created|write|written|generate|generated|produce|produced)\b",
+    r"^what(?:'s|s| is| was| were) (?:the )?(?:results?|outcome|output)\b",
+    r"^(?:show|tell|give)(?: me)? (?:the |my )?(?:results?|outcome|summary)\b",
+    r"^(?:how|what) did (?:it|the session|the task) (?:go|turn out|end)\b",
+)
+
 # Getting generated files. The object must be the files/code, with an article when the
 # verb is "give"/"get" so that "give me code for a todo app" stays a coding task.
 _FILES = _rx(
@@ -243,6 +253,14 @@ _AGENT_HINTS: dict[str, tuple[re.Pattern[str], ...]] = {
         r"\bbugs?\b",
         r"\bgraphql\b",
         r"\bserver\b",
+        # Things that are programs: "a todo app with a database" needs a developer too.
+        r"\b(?:web\s*)?apps?\b",
+        r"\bapplications?\b",
+        r"\bservices?\b",
+        r"\bwebsites?\b",
+        r"\bbots?\b",
+        r"\bcli\b",
+        r"\btools?\b",
     ),
     "tester": _rx(
         r"\btests?\b",
@@ -366,7 +384,9 @@ def route(text: str) -> Intent:
         return Intent(IntentKind.HELP)
     if _any(_AGENTS, core):
         return Intent(IntentKind.AGENTS)
-    # 4. Status and files before tasks: "show me the code" is not "write code".
+    # 4. Results, status and files before tasks: "show me the code" is not "write code".
+    if _any(_RESULT, core):
+        return Intent(IntentKind.RESULT, session_ref=ref)
     if _any(_STATUS, core):
         return Intent(IntentKind.STATUS, session_ref=ref)
     if _any(_FILES, core):
@@ -386,3 +406,27 @@ def route(text: str) -> Intent:
     if ref is not None and core.lower() == ref:
         return Intent(IntentKind.STATUS, session_ref=ref)
     return Intent(IntentKind.UNKNOWN)
+
+
+# A project named after a request: what is to be built, without the asking around it.
+_NAME_LEAD_RE = re.compile(
+    rf"^(?:(?:{_TASK_VERBS})\s+|(?:i(?:\s+(?:need|want|would\s+like)|'d\s+like)|i'm\s+looking\s+for"
+    r"|give\s+me|get\s+me)\s+)?(?:(?:me|us)\s+)?(?:(?:a|an|the|my|our|some)\s+)?"
+    r"(?:(?:new|simple|small|basic|quick|little|tiny|nice|full|complete|working)\s+)*",
+    _FLAGS,
+)
+# Where the thing's name ends and its description begins.
+_NAME_STOP_RE = re.compile(
+    r"\b(?:with|that|which|using|for|in|on|where|to|and|so|from|via|who|plus|including)\b",
+    _FLAGS,
+)
+_NAME_MAX_WORDS = 3
+
+
+def project_name_for(task: str) -> str:
+    """A short project name for a request: "build me a todo app with a database" -> "todo-app"."""
+    core = _strip_lead_in(_clean(task))
+    core = _NAME_LEAD_RE.sub("", core, count=1)
+    core = _NAME_STOP_RE.split(core, maxsplit=1)[0]
+    words = re.findall(r"[a-z0-9]+", core.lower())[:_NAME_MAX_WORDS]
+    return "-".join(words) or "project"

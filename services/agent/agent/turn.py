@@ -9,6 +9,7 @@ from typing import Any
 from wacoder import templates
 
 from agent.autocoder import AutoCoder, ToolError
+from agent.router import project_name_for
 from agent.state import ConversationState, Project
 
 SESSION_STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "succeeded": "✅", "failed": "❌"}
@@ -19,13 +20,28 @@ class Turn:
     state: ConversationState
     caller: str
     autocoder: AutoCoder
+    # What caused this turn (Twilio's MessageSid): the root of the idempotency keys of the
+    # AutoCoder calls that create things, so that redoing the turn after a crash creates nothing new.
+    cause: str
     # Side effects to commit with the reply: projects to link to the user, sessions to watch.
     linked_projects: list[str] = field(default_factory=list)
     started_sessions: list[tuple[str, Project]] = field(default_factory=list)
     cleared: bool = False
+    _creations: int = 0
+
+    def _idempotency_key(self, tool: str) -> str:
+        # The n-th creating call of the turn: a redo makes the same calls in the same order.
+        self._creations += 1
+        return f"{self.cause}:{tool}:{self._creations}"
 
     async def create_project(self, name: str, description: str) -> Project:
-        result = await self.autocoder.call(self.caller, "create_project", name=name, description=description)
+        result = await self.autocoder.call(
+            self.caller,
+            "create_project",
+            name=name,
+            description=description,
+            idempotency_key=self._idempotency_key("create_project"),
+        )
         project = Project(result["project_id"], result["name"])
         self.state.active_project = project
         self.linked_projects.append(project.project_id)
@@ -46,22 +62,31 @@ class Turn:
         return Project(matches[0]["project_id"], matches[0]["name"]) if matches else None
 
     async def run_task(self, task: str, agents: list[str] | None = None) -> str:
+        """Runs `task` in the active project; with none, in a new project named after the task
+        (the seed's flow: understand, create a project if needed, run, report)."""
         project = self.state.active_project
+        opening = ""
         if project is None:
-            projects = await self.list_projects()
-            names = ", ".join(f"*{p['name']}*" for p in projects[:5])
-            hint = f"Pick one with /use <name> ({names})" if projects else "Create one with /new <name>"
-            return f"Which project should I work on? {hint}, then send /run again."
+            taken = {p["name"].lower() for p in await self.list_projects()}
+            project = await self.create_project(unique_name(project_name_for(task), taken), task[:200])
+            others = " Your other projects: /list." if taken else ""
+            opening = f"📁 Created project *{project.name}* (`{project.project_id}`) for this.{others}\n"
         result = await self.start_session(project, task, agents)
         team = ", ".join(result.get("agents", []))
+        quoted = task if len(task) <= 120 else task[:117] + "..."
         return (
-            f"🚀 Started session `{result['session_id']}` in *{project.name}* with: {team}.\n"
+            f"{opening}🚀 Started session `{result['session_id']}` in *{project.name}* with: {team}.\n"
+            f"Task: {quoted}\n"
             f"I'll send progress here. /status for details."
         )
 
     async def start_session(self, project: Project, task: str, agents: list[str] | None) -> dict[str, Any]:
         """Starts a coding session and has its progress relayed to this user."""
-        arguments: dict[str, Any] = {"project_id": project.project_id, "task": task}
+        arguments: dict[str, Any] = {
+            "project_id": project.project_id,
+            "task": task,
+            "idempotency_key": self._idempotency_key("execute_coding_task"),
+        }
         if agents:
             arguments["agents"] = agents
         result = await self.autocoder.call(self.caller, "execute_coding_task", **arguments)
@@ -78,6 +103,16 @@ class Turn:
             return "No coding session yet. Start one with /run <task>."
         details = await self.autocoder.call(self.caller, "get_session_details", session_id=session_id)
         return format_status(details)
+
+    async def session_result(self, ref: str | None) -> str:
+        """What a session made: its summary, then its most relevant files."""
+        status = await self.session_status(ref)
+        session_id = self._session_ref(ref)
+        if session_id is None:
+            return status
+        result = await self.autocoder.call(self.caller, "get_session_files", session_id=session_id)
+        files = result.get("files", [])
+        return f"{status}\n\n{files_text(files, most=5)}" if files else status
 
     async def session_files(self, ref: str | None) -> str:
         session_id = self._session_ref(ref)
@@ -105,6 +140,15 @@ class Turn:
         if "session not found" in text.lower():
             return "🔎 Session not found. /status shows your latest session."
         return f"⚠️ {text}"
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name-2`, `name-3`... when the user already has a project called that."""
+    candidate, n = name, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
 
 
 def files_text(files: list[dict[str, Any]], most: int = 10) -> str:

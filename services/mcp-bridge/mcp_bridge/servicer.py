@@ -29,6 +29,9 @@ from mcp_bridge.watch import SessionNotFound, WatchOutage, watch_session
 
 log = logging.getLogger("mcp_bridge.servicer")
 
+# Sent as a watch's initial metadata once AutoCoder answered a poll (see watch.py).
+WATCH_LIVE_METADATA = (("wacoder-watch", "live"),)
+
 
 class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
     def __init__(
@@ -124,6 +127,10 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
             "watch started",
             extra={"session_id": session_id, "caller": caller, "after_event": request.after_event},
         )
+
+        async def contact() -> None:
+            await context.send_initial_metadata(WATCH_LIVE_METADATA)
+
         try:
             async for event in watch_session(
                 self.tools,
@@ -134,6 +141,7 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
                 poll_interval_s=self.watch_poll_interval_s,
                 max_outage_s=self.watch_max_outage_s,
                 stopping=self.stopping,
+                on_contact=contact,
             ):
                 yield event
         except SessionNotFound as exc:

@@ -5,6 +5,9 @@ Polling (not server push) because AutoCoder's tools are request/response; since_
 each poll to the new events only. An AutoCoder blip does not end the stream: polls keep going
 through the breaker with backoff, and only an outage longer than max_outage_s ends it with
 UNAVAILABLE (the client resumes with after_event = the last seq it received).
+
+The stream's initial metadata is sent after the first poll that reached AutoCoder (`on_contact`):
+a watcher learns that the way to AutoCoder works again even while the session is quiet.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from wacoder.v1 import bridge_pb2
@@ -81,6 +84,7 @@ async def watch_session(
     poll_interval_s: float,
     max_outage_s: float,
     stopping: asyncio.Event,
+    on_contact: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[bridge_pb2.SessionEvent]:
     last_seq = max(0, after_event)
     last_contact = time.monotonic()
@@ -101,6 +105,9 @@ async def watch_session(
             continue
         if outcome.is_error:
             raise SessionNotFound(outcome.error_message)
+        if on_contact is not None:
+            await on_contact()
+            on_contact = None
         last_contact = time.monotonic()
         backoff = poll_interval_s
         details = outcome.result if isinstance(outcome.result, dict) else {}

@@ -70,7 +70,8 @@ class McpBridgeServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def WatchSession(self, request, context):
-        """Progress of one coding session, until it ends (the last event has final = true).
+        """Progress of one coding session, until it ends (the last event has final = true). The
+        initial metadata carries wacoder-watch: live once AutoCoder has answered a poll.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
