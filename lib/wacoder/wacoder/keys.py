@@ -112,7 +112,8 @@ def outbox_parked(to_hash: str) -> str:
     return f"{PARKED_PREFIX}{to_hash}"
 
 
-# Counter of messages that failed with 63016 (read by the metrics endpoint); lives forever.
+# Counter of messages that failed with 63016 (outside the 24-hour window), for operators; a
+# running total, so it lives forever.
 OUTSIDE_WINDOW_COUNTER = "metrics:notifier:outside_window_total"
 # The send-rate token bucket refills within a second; an idle one expires.
 SEND_RATE_TTL_S = 60

@@ -79,7 +79,7 @@ class LlmResponder:
         return StructuredTool(
             name=spec.name,
             description=spec.description,
-            args_schema=spec.input_schema,
+            args_schema=without_idempotency_key(spec.input_schema),
             coroutine=call,
             handle_tool_error=True,
         )
@@ -96,6 +96,14 @@ class LlmResponder:
             )
             return await turn.start_session(project, arguments["task"], arguments.get("agents"))
         return await turn.autocoder.call(turn.caller, name, **arguments)
+
+
+def without_idempotency_key(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema the model sees: idempotency keys are ours to set (the Turn derives them from
+    the MessageSid), not the model's to invent."""
+    properties = {k: v for k, v in schema.get("properties", {}).items() if k != "idempotency_key"}
+    required = [name for name in schema.get("required", []) if name != "idempotency_key"]
+    return {**schema, "properties": properties, "required": required}
 
 
 def memory(history: list[dict[str, Any]]) -> list[BaseMessage]:

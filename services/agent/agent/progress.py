@@ -28,8 +28,6 @@ from agent.turn import files_text
 log = logging.getLogger("agent.progress")
 
 BATCH_INTERVAL_S = 5.0
-# How long a relay keeps trying while AutoCoder is unreachable before telling the user.
-GIVE_UP_AFTER_S = 600.0
 AGENT_ICONS = {"done": "✅", "failed": "❌", "skipped": "⏭️"}
 
 
@@ -39,8 +37,9 @@ class ProgressRelay:
         redis: aioredis.Redis,
         autocoder: AutoCoder,
         outbound: Outbound,
+        *,
+        give_up_after_s: float,
         batch_interval_s: float = BATCH_INTERVAL_S,
-        give_up_after_s: float = GIVE_UP_AFTER_S,
     ) -> None:
         self.redis = redis
         self.autocoder = autocoder
@@ -57,7 +56,8 @@ class ProgressRelay:
         pipe.hset(key, mapping={"to": to, "caller": caller, "project": project.name, "after": 0})
         pipe.expire(key, keys.DAY_S)
         pipe.sadd(keys.ACTIVE_WATCHES, session_id)
-        # The seed's session:{id}: what operators may read (no number, no task text).
+        # The seed's session:{id}, for operators: unlike the watch above (which must know where
+        # to send), it holds no phone number and no task text.
         now = time.time()
         record = {
             "session_id": session_id,
