@@ -140,6 +140,11 @@ def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, st
         "NOTIFIER_ADDR": f"127.0.0.1:{free_port()}",
         "AUTOCODER_PORT": str(autocoder_port),
         "AUTOCODER_MCP_URL": f"http://127.0.0.1:{autocoder_port}/mcp",
+        # /livez and /readyz of every service but the webhook (which serves them on its port).
+        "AGENT_METRICS_PORT": str(free_port()),
+        "MCP_BRIDGE_METRICS_PORT": str(free_port()),
+        "NOTIFIER_METRICS_PORT": str(free_port()),
+        "AUTOCODER_METRICS_PORT": str(free_port()),
         "ALLOWED_PHONE_NUMBERS": "*",
         "RATE_LIMIT_PER_PHONE": "1000",
         "RATE_LIMIT_GLOBAL": "100000",

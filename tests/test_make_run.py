@@ -1,5 +1,5 @@
-"""`make run`'s supervisor as a newcomer runs it: embedded defaults, every service up,
-a crashed service restarted, and a clean stop on SIGTERM."""
+"""`make run`'s supervisor as a newcomer runs it: embedded defaults, every service up and
+its health port printed, a crashed or hung service restarted, and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ import pytest
 from devtools.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+# The services with a health port of their own (the webhook serves /livez, /readyz on its port).
+HEALTH_PORTS = {
+    "AGENT": "agent",
+    "MCP_BRIDGE": "mcp-bridge",
+    "NOTIFIER": "notifier",
+    "AUTOCODER": "autocoder",
+}
 
 
 class Supervisor:
@@ -64,6 +71,7 @@ def supervisor(tmp_path: Path) -> Iterator[tuple[Supervisor, dict[str, str]]]:
         "MCP_BRIDGE_ADDR": f"127.0.0.1:{free_port()}",
         "NOTIFIER_ADDR": f"127.0.0.1:{free_port()}",
     }
+    env |= {f"{name}_METRICS_PORT": str(free_port()) for name in HEALTH_PORTS}
     autocoder = free_port()
     env |= {"AUTOCODER_PORT": str(autocoder), "AUTOCODER_MCP_URL": f"http://127.0.0.1:{autocoder}/mcp"}
     sup = Supervisor(tmp_path, env)
@@ -104,7 +112,23 @@ def test_make_run_supervises_the_platform(
     time.sleep(1.5)
     wait_healthy(env)
 
-    children = [sup.pid(name) for name in ("webhook", "notifier", "mcp-bridge", "autocoder")]
+    # Every health port is printed, and answers.
+    for prefix, name in HEALTH_PORTS.items():
+        port = env[f"{prefix}_METRICS_PORT"]
+        sup.wait_line(rf"\] {name}\s+pid \d+ on \S+, health http://127.0.0.1:{port}/readyz")
+        for path in ("/livez", "/readyz"):
+            assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code == 200
+
+    # A hung process (it runs, but its event loop answers nothing) is restarted too.
+    notifier = sup.pid("notifier")
+    os.kill(notifier, signal.SIGSTOP)
+    sup.wait_line(rf"notifier did not answer /livez \(pid {notifier}\); restarting", timeout_s=30)
+    restarted = int(sup.wait_line(r"notifier restarted: pid (\d+)", timeout_s=30).group(1))
+    assert restarted != notifier
+    sup.wait_line(r"\] notifier ready$", timeout_s=60)
+    assert httpx.get(f"http://127.0.0.1:{env['NOTIFIER_METRICS_PORT']}/readyz", timeout=5).status_code == 200
+
+    children = [sup.pid(name) for name in ("webhook", "mcp-bridge", "autocoder")] + [restarted]
     sup.proc.send_signal(signal.SIGTERM)
     assert sup.proc.wait(30) == 0
     sup.wait_line(r"stopped\.")

@@ -1,7 +1,8 @@
 """`make run`: every service as its own process, in the foreground, on embedded defaults.
 
-Ctrl-C or SIGTERM stops them all cleanly. A service that dies is restarted (with backoff),
-as Kubernetes would restart its container.
+Ctrl-C or SIGTERM stops them all cleanly. A service that dies, or whose /livez stops
+answering, is restarted (with backoff), as Kubernetes would restart its container; changes of
+a service's /readyz are reported.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from devtools.embedded_redis import EmbeddedRedis
 from devtools.stack import Stack
 
 RESTART_BACKOFF_MAX_S = 30.0
+# A live process answers /livez at once; one that has not for this long is hung (a blocked
+# event loop, a deadlock) and is restarted. A (re)started one gets longer for its first answer.
+LIVEZ_TIMEOUT_S = 10.0
+STARTUP_TIMEOUT_S = 60.0
+READYZ_EVERY_S = 2.0
 
 
 def say(text: str) -> None:
@@ -43,7 +49,9 @@ def main() -> None:
         for name, process in stack.processes.items():
             say(
                 f"{name:<11} pid {process.proc.pid if process.proc else '?'} on {process.host}:{process.port}"
+                f", health http://{process.health_host}:{process.health_port}/readyz"
             )
+        say("all services ready (/readyz 200); a hung or dead one is restarted")
         say(
             f"logs in {log_dir}/ ; webhook at {env.get('PUBLIC_BASE_URL', 'http://127.0.0.1:8000')}/webhook/whatsapp"
         )
@@ -64,21 +72,52 @@ def main() -> None:
 def supervise(stack: Stack, stopping: threading.Event) -> None:
     backoff = {name: 1.0 for name in stack.processes}
     started_at = {name: time.monotonic() for name in stack.processes}
+    # By when /livez must answer next; pushed on by every answer.
+    live_until = {name: time.monotonic() + LIVEZ_TIMEOUT_S for name in stack.processes}
+    # stack.start() waited for every /readyz; None: not known since a restart.
+    ready: dict[str, bool | None] = {name: True for name in stack.processes}
+    next_readyz = time.monotonic() + READYZ_EVERY_S
     while not stopping.wait(0.5):
+        now = time.monotonic()
+        check_readiness = now >= next_readyz
+        if check_readiness:
+            next_readyz = now + READYZ_EVERY_S
         for name, process in stack.processes.items():
-            if process.alive:
+            if not process.alive:
+                code = process.proc.returncode if process.proc else None
+                problem = f"{name} exited (code {code})"
+            elif process.probe("/livez") == 200:
+                live_until[name] = time.monotonic() + LIVEZ_TIMEOUT_S
                 # A process that stayed up a minute has recovered: forget its backoff.
-                if time.monotonic() - started_at[name] > 60:
+                if now - started_at[name] > 60:
                     backoff[name] = 1.0
+                if check_readiness:
+                    ready[name] = report_readiness(name, process.probe("/readyz", timeout_s=3.0), ready[name])
                 continue
-            code = process.proc.returncode if process.proc else None
-            say(f"{name} exited (code {code}); restarting in {backoff[name]:.0f} s (log: {process.log_path})")
+            elif time.monotonic() > live_until[name]:
+                problem = f"{name} did not answer /livez (pid {process.proc.pid if process.proc else '?'})"
+            else:
+                continue
+            say(f"{problem}; restarting in {backoff[name]:.0f} s (log: {process.log_path})")
             if stopping.wait(backoff[name]):
                 return
-            process.stop()
+            process.stop(timeout_s=5.0)  # SIGTERM, then SIGKILL: a hung process ignores SIGTERM
             process.start()
+            say(f"{name} restarted: pid {process.proc.pid if process.proc else '?'}")
             started_at[name] = time.monotonic()
+            live_until[name] = started_at[name] + STARTUP_TIMEOUT_S
+            ready[name] = None
             backoff[name] = min(backoff[name] * 2, RESTART_BACKOFF_MAX_S)
+
+
+def report_readiness(name: str, status: int | None, was_ready: bool | None) -> bool:
+    """Says when a service became ready or stopped being ready; returns whether it is."""
+    is_ready = status == 200
+    if is_ready and was_ready is not True:
+        say(f"{name} ready")
+    elif not is_ready and was_ready is not False:
+        say(f"{name} not ready (/readyz: {status or 'no answer'})")
+    return is_ready
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Starts the platform's services as separate processes, as `make run` and the tests do.
 
 Each service is `python -m <package>.main` reading the shared Settings from its
-environment; the stack only decides the environment and watches the processes.
+environment; the stack only decides the environment and watches the processes. A service is
+up when its `/readyz` answers 200 (the webhook's on its own port, the others' on their
+metrics port).
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -24,12 +27,14 @@ from wacoder.settings import Settings
 class ServiceSpec:
     name: str
     module: str
+    # Services of the stack its readiness depends on (Redis aside, which every service needs).
+    ready_needs: tuple[str, ...] = ()
 
 
 # Start order: each service's dependencies come before it.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("autocoder", "autocoder.main"),
-    ServiceSpec("mcp-bridge", "mcp_bridge.main"),
+    ServiceSpec("mcp-bridge", "mcp_bridge.main", ready_needs=("autocoder",)),
     ServiceSpec("notifier", "notifier.main"),
     ServiceSpec("agent", "agent.main"),
     ServiceSpec("webhook", "webhook.main"),
@@ -68,13 +73,52 @@ def listen_port(spec: ServiceSpec, settings: Settings) -> tuple[str, int]:
     return host, int(port)
 
 
+def health_address(spec: ServiceSpec, settings: Settings) -> tuple[str, int]:
+    """Where `spec` serves /livez and /readyz: the webhook on its own port, the others on
+    their metrics port."""
+    if spec.name == "webhook":
+        return _reachable(settings.webhook_host), settings.webhook_port
+    port = {
+        "autocoder": settings.autocoder_metrics_port,
+        "mcp-bridge": settings.mcp_bridge_metrics_port,
+        "notifier": settings.notifier_metrics_port,
+        "agent": settings.agent_metrics_port,
+    }[spec.name]
+    return _reachable(settings.metrics_host), port
+
+
+def _reachable(host: str) -> str:
+    # A server bound to every interface is reached on loopback.
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+
+
+def http_status(host: str, port: int, path: str, timeout_s: float = 1.0) -> int | None:
+    """The status of GET http://host:port/path; None when nothing answered in time.
+
+    http.client rather than httpx: no proxy settings from the environment apply to a probe.
+    """
+    connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
 class ServiceProcess:
-    """One service process: start, wait until it listens, stop gracefully or kill."""
+    """One service process: start, wait until it is ready, stop gracefully or kill."""
 
     def __init__(self, spec: ServiceSpec, env: Mapping[str, str], log_dir: Path | None) -> None:
         self.spec = spec
         self.env = dict(env)
-        self.host, self.port = listen_port(spec, settings_for(env))
+        settings = settings_for(env)
+        self.host, self.port = listen_port(spec, settings)
+        self.health_host, self.health_port = health_address(spec, settings)
+        # False when its readiness hangs on a service this stack does not run (the bridge
+        # alone, against an AutoCoder a test controls): then waiting for it means /livez.
+        self.await_readiness = True
         self.log_path = log_dir / f"{spec.name}.log" if log_dir else None
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -82,6 +126,10 @@ class ServiceProcess:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def probe(self, path: str, timeout_s: float = 1.0) -> int | None:
+        """The HTTP status of the service's `path` (/livez, /readyz); None if it did not answer."""
+        return http_status(self.health_host, self.health_port, path, timeout_s)
 
     def start(self) -> None:
         if self.log_path is not None:
@@ -94,14 +142,21 @@ class ServiceProcess:
         )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until it listens on its port and its /readyz answers 200 (/livez: see await_readiness)."""
+        path = "/readyz" if self.await_readiness else "/livez"
         deadline = time.monotonic() + timeout_s
+        last: int | None = None
         while time.monotonic() < deadline:
             if not self.alive:
                 raise RuntimeError(f"{self.spec.name} exited during start-up{self._log_tail()}")
-            if port_open(self.host, self.port):
+            if port_open(self.host, self.port) and (last := self.probe(path, timeout_s=3.0)) == 200:
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"{self.spec.name} did not listen on {self.host}:{self.port}{self._log_tail()}")
+        raise TimeoutError(
+            f"{self.spec.name} not ready: {self.host}:{self.port} listening "
+            f"{port_open(self.host, self.port)}, {path} on {self.health_host}:{self.health_port} "
+            f"answered {last}{self._log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -137,13 +192,18 @@ class Stack:
         wanted = set(services) if services is not None else {s.name for s in SERVICES}
         self.env = dict(env)
         self.processes = {s.name: ServiceProcess(s, env, log_dir) for s in SERVICES if s.name in wanted}
+        for process in self.processes.values():
+            process.await_readiness = all(need in wanted for need in process.spec.ready_needs)
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.processes[name]
 
     def start(self) -> None:
         busy = [
-            f"{p.spec.name} ({p.host}:{p.port})" for p in self.processes.values() if port_open(p.host, p.port)
+            f"{p.spec.name} ({host}:{port})"
+            for p in self.processes.values()
+            for host, port in {(p.host, p.port), (p.health_host, p.health_port)}
+            if port_open(host, port)
         ]
         if busy:
             raise RuntimeError(f"ports already in use: {', '.join(busy)}; is another `make run` running?")

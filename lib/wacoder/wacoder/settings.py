@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     notifier_addr: str = "127.0.0.1:50053"
     autocoder_host: str = "127.0.0.1"
     autocoder_port: int = 8765
+    # Each service's operations HTTP port (/livez, /readyz, /metrics); the webhook serves them
+    # on its own port. METRICS_HOST is what they bind: 0.0.0.0 in a container, for the kubelet.
+    metrics_host: str = "127.0.0.1"
+    agent_metrics_port: int = 9101
+    mcp_bridge_metrics_port: int = 9102
+    notifier_metrics_port: int = 9103
+    autocoder_metrics_port: int = 9104
 
     # Deadline of one gRPC hop that should be instant (storing in an inbox or outbox).
     grpc_fast_timeout_s: float = 2.0

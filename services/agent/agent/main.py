@@ -11,7 +11,8 @@ from wacoder import keys
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.logs import setup_logging
-from wacoder.redis import connect
+from wacoder.ops_http import start_ops_server
+from wacoder.redis import connect, ping
 from wacoder.settings import Settings, get_settings
 from wacoder.streams import KeyedStreamConsumer, default_consumer_name
 from wacoder.v1 import agent_pb2_grpc, bridge_pb2_grpc, notifier_pb2_grpc
@@ -80,12 +81,15 @@ async def serve(settings: Settings) -> None:
         consuming.cancel()
         await progress.stop()
 
+    # /livez, /readyz: ready while Redis (its inbox) answers.
+    ops = await start_ops_server(settings.metrics_host, settings.agent_metrics_port, lambda: ping(redis))
     await wgrpc.serve(
         settings.agent_addr,
         [(agent_pb2_grpc.add_AgentServiceServicer_to_server, AgentServicer(inbox))],
         ["wacoder.v1.AgentService"],
         on_stop=on_stop,
     )
+    await ops.stop()
     await bridge_channel.close()
     await notifier_channel.close()
     await redis.aclose()

@@ -19,6 +19,7 @@ import uvicorn
 from mcp.server.fastmcp import FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from wacoder.logs import setup_logging
+from wacoder.ops_http import start_ops_server
 from wacoder.settings import Settings
 
 from autocoder.agents.llm import LLMGenerator
@@ -131,7 +132,19 @@ def main() -> None:
             timeout_graceful_shutdown=int(config.shutdown_grace_s) or 1,
         )
     )
-    asyncio.run(server.serve())
+    asyncio.run(serve(server, settings))
+
+
+async def serve(server: uvicorn.Server, settings: Settings) -> None:
+    async def ready() -> bool:
+        # build() loaded the store before this; `started` says the MCP endpoint listens.
+        return bool(server.started and not server.should_exit)
+
+    ops = await start_ops_server(settings.metrics_host, settings.autocoder_metrics_port, ready)
+    try:
+        await server.serve()
+    finally:
+        await ops.stop()
 
 
 if __name__ == "__main__":

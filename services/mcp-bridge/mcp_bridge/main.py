@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import httpx
 from wacoder.grpc import serve
 from wacoder.logs import setup_logging
+from wacoder.ops_http import start_ops_server
 from wacoder.redis import connect
 from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
 from mcp_bridge.breaker import CircuitBreaker
 from mcp_bridge.cache import ResultCache
-from mcp_bridge.mcp_session import McpSession
+from mcp_bridge.mcp_session import McpSession, TransportFailure
 from mcp_bridge.servicer import McpBridgeServicer
 from mcp_bridge.settings import BridgeSettings
 from mcp_bridge.tool_calls import ToolCaller
@@ -52,6 +54,22 @@ async def run(settings: BridgeSettings) -> None:
         watch_max_outage_s=settings.watch_max_outage_s,
     )
     log.info("mcp-bridge starting", extra={"autocoder_url": settings.autocoder_mcp_url})
+
+    # Readiness: AutoCoder answers now, and the MCP session is up (a probe makes it, so the
+    # bridge says it is back without waiting for a user's call). An idle session does not notice
+    # AutoCoder going away, hence the HTTP request: any answer below 500 means it is there, and
+    # naming a session that does not exist gets an immediate 404 that opens nothing on it.
+    probe = httpx.AsyncClient(headers={**session.headers, "mcp-session-id": "readiness-probe"}, timeout=2.0)
+
+    async def autocoder_reachable() -> bool:
+        try:
+            answered = await probe.get(settings.autocoder_mcp_url)
+            await session.connect()
+        except (httpx.HTTPError, TransportFailure):
+            return False
+        return answered.status_code < 500
+
+    ops = await start_ops_server(settings.metrics_host, settings.mcp_bridge_metrics_port, autocoder_reachable)
     try:
         # serve() returns once in-flight calls have drained after SIGTERM; watches are told to
         # end first (on_stop), then the MCP session and Redis close.
@@ -62,6 +80,8 @@ async def run(settings: BridgeSettings) -> None:
             on_stop=servicer.stop,
         )
     finally:
+        await ops.stop()
+        await probe.aclose()
         await session.close()
         await redis.aclose()
         log.info("mcp-bridge stopped")

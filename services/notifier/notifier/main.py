@@ -9,7 +9,8 @@ import logging
 from wacoder.crypto import StateCipher
 from wacoder.grpc import serve
 from wacoder.logs import setup_logging
-from wacoder.redis import connect
+from wacoder.ops_http import start_ops_server
+from wacoder.redis import connect, ping
 from wacoder.settings import get_settings
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
@@ -43,6 +44,8 @@ async def run() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await worker_task
 
+    # /livez, /readyz: ready while Redis (its outbox) answers.
+    ops = await start_ops_server(settings.metrics_host, settings.notifier_metrics_port, lambda: ping(redis))
     try:
         await serve(
             settings.notifier_addr,
@@ -51,6 +54,7 @@ async def run() -> None:
             on_stop=on_stop,
         )
     finally:
+        await ops.stop()
         await sender.close()
         await redis.aclose()
         log.info("notifier stopped")

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from wacoder import templates
 from wacoder.delivery import record_status
 from wacoder.phones import to_e164
+from wacoder.redis import ping
 from wacoder.settings import Settings
 from wacoder.v1 import agent_pb2
 
@@ -111,7 +112,24 @@ async def status(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/health", summary="200 while Redis and every downstream gRPC service answer")
+@router.get("/livez", summary="200 while the process answers (Kubernetes liveness)")
+async def livez() -> Response:
+    return Response("ok", media_type="text/plain")
+
+
+@router.get("/readyz", summary="200 while it can accept messages: Redis answers (Kubernetes readiness)")
+async def readyz(request: Request) -> Response:
+    # Only Redis: with the agent down the webhook stores messages in the inbox itself.
+    if await ping(_deps(request).redis):
+        return Response("ok", media_type="text/plain")
+    return Response("redis unavailable", status_code=503, media_type="text/plain")
+
+
+@router.get(
+    "/health",
+    summary="Detailed view: 200 while Redis and every downstream gRPC service answer, else 503 "
+    "(for dashboards and people; probes use /livez and /readyz)",
+)
 async def health(request: Request) -> JSONResponse:
     deps = _deps(request)
     checks = await check_all(deps.redis, deps.channels)
