@@ -17,3 +17,15 @@ LATENCY = Histogram(
 STATUS_CALLBACKS = Counter(
     "wacoder_webhook_status_callbacks_total", "Delivery status callbacks by status", ["status"]
 )
+
+# Twilio's message statuses; anything else is counted as "other" so that a label never holds
+# whatever a request made up.
+_STATUSES = frozenset(
+    "accepted scheduled queued sending sent delivery_unknown delivered undelivered failed read "
+    "receiving received canceled partially_delivered".split()
+)
+
+
+def status_label(status: str) -> str:
+    status = status.strip().lower()
+    return status if status in _STATUSES else "other"

@@ -17,14 +17,14 @@ from wacoder.delivery import record_status
 from wacoder.phones import to_e164
 from wacoder.redis import ping
 from wacoder.settings import Settings
-from wacoder.v1 import agent_pb2
 
 from webhook import twiml
 from webhook.admission import Admission, Gate
 from webhook.handoff import Handoff
 from webhook.health import check_all
-from webhook.metrics import LATENCY, REQUESTS, STATUS_CALLBACKS
+from webhook.metrics import LATENCY, REQUESTS, STATUS_CALLBACKS, status_label
 from webhook.signature import SignatureChecker
+from webhook.twilio_form import FormRejected, inbound_message, read_form, required
 
 log = logging.getLogger("webhook.routes")
 router = APIRouter()
@@ -44,52 +44,41 @@ def _deps(request: Request) -> Deps:
     return request.app.state.deps
 
 
-def _inbound(form: dict[str, str]) -> agent_pb2.InboundMessage:
-    media = []
-    for i in range(int(form.get("NumMedia", "0") or 0)):
-        if url := form.get(f"MediaUrl{i}"):
-            media.append(agent_pb2.Media(url=url, content_type=form.get(f"MediaContentType{i}", "")))
-    return agent_pb2.InboundMessage(
-        message_sid=form["MessageSid"],
-        sender=form["From"],
-        recipient=form.get("To", ""),
-        body=form.get("Body", ""),
-        profile_name=form.get("ProfileName", ""),
-        wa_id=form.get("WaId", ""),
-        media=media,
-        received_at_ms=int(time.time() * 1000),
-    )
+def _plain(status_code: int, text: str) -> Response:
+    return Response(text, status_code=status_code, media_type="text/plain")
 
 
 @router.post("/webhook/whatsapp", summary="Twilio's incoming-message webhook")
 async def whatsapp(request: Request) -> Response:
     started = time.perf_counter()
     deps = _deps(request)
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    if not deps.signatures.is_valid(request, form):
-        REQUESTS.labels("bad_signature").inc()
-        return Response("invalid signature", status_code=403, media_type="text/plain")
-    if not form.get("From") or not form.get("MessageSid"):
+    try:
+        form = await read_form(request)
+        if not deps.signatures.is_valid(request, form):
+            REQUESTS.labels("bad_signature").inc()
+            return _plain(403, "invalid signature")
+        message = inbound_message(form)
+    except FormRejected as rejected:
         REQUESTS.labels("bad_request").inc()
-        return Response("From and MessageSid are required", status_code=400, media_type="text/plain")
+        return _plain(rejected.status, rejected.reason)
 
-    phone = to_e164(form["From"])
+    phone = to_e164(message.sender)
     if not deps.settings.is_allowed(phone):
         REQUESTS.labels("unauthorized").inc()
         log.info("refused: not whitelisted", extra={"phone": phone})
         return twiml.message(templates.UNAUTHORIZED)
     try:
-        verdict = await deps.gate.admit(phone, form["MessageSid"])
+        verdict = await deps.gate.admit(phone, message.message_sid)
         if verdict is Admission.RATE_LIMITED:
             REQUESTS.labels("rate_limited").inc()
             return twiml.message(templates.RATE_LIMIT)
         if verdict is Admission.OK:
-            await deps.handoff.submit(_inbound(form))
+            await deps.handoff.submit(message)
     except RedisError as error:
         # Nothing was stored: 503 tells Twilio the message was not accepted.
         REQUESTS.labels("unavailable").inc()
         log.error("redis unavailable, message refused with 503", extra={"error": repr(error)})
-        return Response("temporarily unavailable", status_code=503, media_type="text/plain")
+        return _plain(503, "temporarily unavailable")
     REQUESTS.labels("accepted" if verdict is Admission.OK else "duplicate").inc()
     LATENCY.observe(time.perf_counter() - started)
     return twiml.empty()
@@ -98,31 +87,33 @@ async def whatsapp(request: Request) -> Response:
 @router.post("/webhook/status", summary="Twilio's delivery-status callback")
 async def status(request: Request) -> Response:
     deps = _deps(request)
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    if not deps.signatures.is_valid(request, form):
-        return Response("invalid signature", status_code=403, media_type="text/plain")
-    if not form.get("MessageSid") or not form.get("MessageStatus"):
-        return Response("MessageSid and MessageStatus are required", status_code=400, media_type="text/plain")
+    try:
+        form = await read_form(request)
+        if not deps.signatures.is_valid(request, form):
+            return _plain(403, "invalid signature")
+        required(form, "MessageSid", "MessageStatus")
+    except FormRejected as rejected:
+        return _plain(rejected.status, rejected.reason)
     try:
         await record_status(deps.redis, form)
     except RedisError:
         # Twilio retries a callback that failed; nothing is lost by refusing it now.
-        return Response("temporarily unavailable", status_code=503, media_type="text/plain")
-    STATUS_CALLBACKS.labels(form["MessageStatus"]).inc()
+        return _plain(503, "temporarily unavailable")
+    STATUS_CALLBACKS.labels(status_label(form["MessageStatus"])).inc()
     return Response(status_code=204)
 
 
 @router.get("/livez", summary="200 while the process answers (Kubernetes liveness)")
 async def livez() -> Response:
-    return Response("ok", media_type="text/plain")
+    return _plain(200, "ok")
 
 
 @router.get("/readyz", summary="200 while it can accept messages: Redis answers (Kubernetes readiness)")
 async def readyz(request: Request) -> Response:
     # Only Redis: with the agent down the webhook stores messages in the inbox itself.
     if await ping(_deps(request).redis):
-        return Response("ok", media_type="text/plain")
-    return Response("redis unavailable", status_code=503, media_type="text/plain")
+        return _plain(200, "ok")
+    return _plain(503, "redis unavailable")
 
 
 @router.get(
