@@ -82,6 +82,11 @@ class Settings(BaseSettings):
 
     # Durable streams: work pending this long on a consumer that stopped is claimed by another.
     stream_claim_idle_ms: int = 15_000
+    # Handled inbox entries kept as a recent history for operators; only acknowledged ones are
+    # ever trimmed, so a backlog larger than this is never cut.
+    inbox_maxlen: int = 10_000
+    # agent: how long a progress relay waits through one AutoCoder outage before telling the user.
+    progress_give_up_after_s: float = 600.0
 
     @property
     def allowed_numbers(self) -> frozenset[str]:

@@ -48,7 +48,7 @@ async def serve(settings: Settings) -> None:
         bridge_pb2_grpc.McpBridgeServiceStub(bridge_channel), settings.mcp_call_timeout_s + 5
     )
     outbound = Outbound(notifier_pb2_grpc.NotifierServiceStub(notifier_channel), settings.grpc_fast_timeout_s)
-    progress = ProgressRelay(redis, autocoder, outbound)
+    progress = ProgressRelay(redis, autocoder, outbound, give_up_after_s=settings.progress_give_up_after_s)
     processor = Processor(
         redis=redis,
         cipher=cipher,
@@ -68,6 +68,7 @@ async def serve(settings: Settings) -> None:
         key_of=lambda fields: fields["key"],
         handle=processor.handle,
         claim_idle_ms=settings.stream_claim_idle_ms,
+        retain=settings.inbox_maxlen,
     )
     consuming = asyncio.create_task(consumer.run())
     try:
