@@ -149,6 +149,10 @@ def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, st
         "RATE_LIMIT_PER_PHONE": "1000",
         "RATE_LIMIT_GLOBAL": "100000",
         "STATE_ENCRYPTION_KEY": "6c3O1b6Vv2m9aYyWgkR8v3xK2yq0h7bq5F1nJc4Lw0E=",
+        # Production (the default): every secret given, as a deployment must.
+        "PHONE_HASH_SALT": "test-phone-hash-salt",
+        "SERVICE_TOKEN": "test-service-token",
+        "AUTOCODER_API_KEY": "test-autocoder-key",
     }
     env.update(overrides)
     return env

@@ -16,6 +16,7 @@ from devtools.stack import Stack
 from wacoder import keys, templates
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
+from wacoder.phones import phone_hash
 
 from tests.harness import Conversation
 
@@ -38,8 +39,13 @@ def bob(new_user: Callable[[], Conversation]) -> Conversation:
     return new_user()
 
 
+def user(env: dict[str, str], phone: str) -> str:
+    """How Redis keys name a user: the keyed hash of their number."""
+    return phone_hash(phone, env["PHONE_HASH_SALT"])
+
+
 def state_of(env: dict[str, str], r: redis.Redis, phone: str) -> dict[str, object]:
-    raw = r.get(keys.conversation(phone))
+    raw = r.get(keys.conversation(user(env, phone)))
     assert raw is not None
     return json.loads(StateCipher(env["STATE_ENCRYPTION_KEY"]).decrypt(raw))
 
@@ -90,8 +96,9 @@ def test_project_lifecycle(alice: Conversation, env: dict[str, str], r: redis.Re
     assert alice.ask("/use nothing-like-it") == templates.PROJECT_NOT_FOUND
 
     # The seed's indexes, both ways.
-    assert r.lrange(keys.user_projects(alice.phone), 0, -1) == [blog_id, shop_id]
-    assert r.smembers(keys.project_users(shop_id)) == {alice.phone}
+    assert r.lrange(keys.user_projects(user(env, alice.phone)), 0, -1) == [blog_id, shop_id]
+    assert r.smembers(keys.project_users(shop_id)) == {user(env, alice.phone)}
+    assert 0 < r.ttl(keys.user_projects(user(env, alice.phone))) <= keys.INDEX_TTL_S
 
 
 def test_run_status_files_and_clear(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:
@@ -132,9 +139,9 @@ def test_a_newcomers_first_request_creates_a_project_runs_it_and_reports(alice: 
 
 def test_state_is_encrypted_with_a_24h_ttl(alice: Conversation, env: dict[str, str], r: redis.Redis) -> None:
     alice.ask("/new secret-garden : my hidden plans")
-    raw = r.get(keys.conversation(alice.phone))
+    raw = r.get(keys.conversation(user(env, alice.phone)))
     assert "secret-garden" not in raw and "hidden plans" not in raw
-    assert 86_000 < r.ttl(keys.conversation(alice.phone)) <= 86_400
+    assert 86_000 < r.ttl(keys.conversation(user(env, alice.phone))) <= 86_400
     state = state_of(env, r, alice.phone)
     assert state["history"][0]["text"] == "/new secret-garden : my hidden plans"
     assert state["history"][1]["role"] == "assistant"

@@ -31,7 +31,6 @@ def stack_overrides() -> dict[str, str]:
     return {
         "STREAM_CLAIM_IDLE_MS": "3000",
         "NOTIFIER_BACKOFF_BASE_S": "0.05",
-        "PHONE_HASH_SALT": "chaos-test-salt",
     }
 
 

@@ -4,6 +4,8 @@ accounts. Anything set in the environment (or .env) wins over these."""
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -23,19 +25,31 @@ def configured() -> dict[str, str]:
     return values
 
 
-def state_key() -> str:
-    """A dev encryption key, generated once and kept, so state survives restarts of `make run`."""
-    path = RUN_DIR / "state.key"
+# Secrets `make run` generates once into .run/ and keeps (state written under a key, and hashes
+# keyed by a salt, survive restarts), file name and how to make one.
+GENERATED_SECRETS: dict[str, tuple[str, Callable[[], str]]] = {
+    "STATE_ENCRYPTION_KEY": ("state.key", lambda: Fernet.generate_key().decode()),
+    "PHONE_HASH_SALT": ("phone_hash.salt", lambda: secrets.token_urlsafe(32)),
+    "SERVICE_TOKEN": ("service.token", lambda: secrets.token_urlsafe(32)),
+    "AUTOCODER_API_KEY": ("autocoder.key", lambda: secrets.token_urlsafe(32)),
+}
+
+
+def generated_secret(variable: str) -> str:
+    """A development secret, generated on first use and kept in .run/ (mode 600)."""
+    name, make = GENERATED_SECRETS[variable]
+    path = RUN_DIR / name
     if not path.exists():
         RUN_DIR.mkdir(exist_ok=True)
-        path.write_text(Fernet.generate_key().decode())
+        path.write_text(make())
         path.chmod(0o600)
     return path.read_text().strip()
 
 
 def dev_defaults(env: dict[str, str]) -> dict[str, str]:
     """The embedded defaults for whatever `env` leaves unset (Redis is decided by run.py)."""
-    defaults: dict[str, str] = {"STATE_ENCRYPTION_KEY": state_key()}
+    defaults: dict[str, str] = {"WACODER_ENV": "development"}
+    defaults |= {variable: generated_secret(variable) for variable in GENERATED_SECRETS if variable not in env}
     if "TWILIO_ACCOUNT_SID" not in env:
         # No Twilio account: replies go to `make chat`, which plays Twilio's Messages API.
         defaults |= {

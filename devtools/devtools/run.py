@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 
-from devtools.devenv import RUN_DIR, chat_phone, configured, dev_defaults
+from devtools.devenv import GENERATED_SECRETS, RUN_DIR, chat_phone, configured, dev_defaults
 from devtools.embedded_redis import EmbeddedRedis
 from devtools.stack import Stack
 
@@ -37,6 +37,11 @@ def main() -> None:
         overrides["REDIS_URL"] = redis.url
         say(f"embedded Redis: {redis.binary} on {redis.url}")
     env |= overrides
+    generated = sorted(set(overrides) & set(GENERATED_SECRETS))
+    if generated:
+        say(f"development secrets generated into {RUN_DIR}/ (kept across runs): {', '.join(generated)}")
+    if env.get("WACODER_ENV") == "development":
+        say("WACODER_ENV=development: set WACODER_ENV=production and real secrets to deploy")
 
     log_dir = RUN_DIR / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

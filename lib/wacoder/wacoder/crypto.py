@@ -1,9 +1,12 @@
-"""Encryption of state at rest (conversation state, queued message text): Fernet, i.e.
-AES-128-CBC with an HMAC, keyed by STATE_ENCRYPTION_KEY."""
+"""Encryption of everything private at rest in Redis (conversation state, queued messages,
+replies, numbers): Fernet, i.e. AES-128-CBC with an HMAC, keyed by STATE_ENCRYPTION_KEY.
+
+STATE_ENCRYPTION_KEY may list several keys (comma-separated): the first encrypts, every one
+decrypts (MultiFernet), so a key is rotated without losing what was written under the old one."""
 
 from __future__ import annotations
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from wacoder.settings import Settings
 
@@ -11,18 +14,12 @@ __all__ = ["InvalidToken", "StateCipher"]
 
 
 class StateCipher:
-    def __init__(self, key: str | bytes) -> None:
-        self._fernet = Fernet(key)
+    def __init__(self, keys: str) -> None:
+        self._fernet = MultiFernet([Fernet(k.strip()) for k in keys.split(",") if k.strip()])
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StateCipher:
-        if settings.state_encryption_key is None:
-            # No key means a dev process started by hand; `make run` always provides one.
-            raise RuntimeError(
-                "STATE_ENCRYPTION_KEY is not set (generate one with `make run` or "
-                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'`)"
-            )
-        return cls(settings.state_encryption_key.get_secret_value())
+        return cls(settings.secret("state_encryption_key"))
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()

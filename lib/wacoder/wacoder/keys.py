@@ -1,5 +1,8 @@
 """Every Redis key the platform uses, in one place (the seed's structure plus what
-reliability needs). A key that is not meant to live forever gets its TTL from here too."""
+reliability needs). A key that is not meant to live forever gets its TTL from here too.
+
+A key that names a user names them by `user`: the keyed hash of their number
+(`wacoder.phones.phone_hash`), never the number itself."""
 
 from __future__ import annotations
 
@@ -9,15 +12,20 @@ DAY_S = 24 * 60 * 60
 CONVERSATION_TTL_S = DAY_S
 
 
-def conversation(phone: str) -> str:
-    return f"conversation:{phone}"
+def conversation(user: str) -> str:
+    return f"conversation:{user}"
 
 
-def user_projects(phone: str) -> str:
-    return f"user:{phone}:projects"
+# The seed's two-way index of users and projects; refreshed whenever a user touches a project.
+INDEX_TTL_S = 30 * DAY_S
+
+
+def user_projects(user: str) -> str:
+    return f"user:{user}:projects"
 
 
 def project_users(project_id: str) -> str:
+    """A set of user hashes."""
     return f"project:{project_id}:users"
 
 
@@ -29,11 +37,32 @@ def session(session_id: str) -> str:
 SESSION_TTL_S = DAY_S
 
 
-def rate_limit(phone: str) -> str:
-    return f"rate_limit:{phone}"
+def rate_limit(user: str) -> str:
+    return f"rate_limit:{user}"
 
 
 RATE_LIMIT_GLOBAL = "rate_limit:global"
+# Messages from numbers that are not whitelisted, all together: bounds the work strangers cause.
+RATE_LIMIT_STRANGERS = "rate_limit:strangers"
+# A refusal the user hears about is said at most once per window: the rate-limit notice once a
+# rate window, the not-authorized notice once an hour (each is a paid message).
+UNAUTHORIZED_NOTICE_TTL_S = 60 * 60
+
+
+def refusal_notice(reason: str, user: str) -> str:
+    """Set while `user` has been told about refusal `reason` (rate_limit, unauthorized)."""
+    return f"notice:{reason}:{user}"
+
+
+# WhatsApp's customer-service window: we may write to a user for 24 h after their last message.
+WINDOW_S = DAY_S
+
+
+def last_inbound(user: str) -> str:
+    """Set (24 h TTL) when a user's message is accepted: the notifier writes only to users whose
+    window is open, or to whitelisted numbers."""
+    return f"inbound:last:{user}"
+
 
 # Reliability: inbound de-duplication, the durable inbox and outbox, dead letters.
 DEDUP_TTL_S = DAY_S

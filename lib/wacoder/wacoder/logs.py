@@ -48,7 +48,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(settings: Settings, service: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service, settings.phone_hash_salt.get_secret_value()))
+    handler.setFormatter(JsonFormatter(service, settings.secret("phone_hash_salt")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

@@ -10,11 +10,18 @@ WHATSAPP_PREFIX = "whatsapp:"
 
 
 def to_e164(address: str) -> str:
-    """ "whatsapp:+15551234567" -> "+15551234567"; an E.164 number is returned as is."""
+    """ "whatsapp:+1 (555) 123-4567" -> "+15551234567": the prefix, spaces, dashes, dots and
+    brackets go, and an international "00" becomes "+". An E.164 number is returned as is."""
     address = address.strip()
-    if address.startswith(WHATSAPP_PREFIX):
+    if address.lower().startswith(WHATSAPP_PREFIX):
         address = address[len(WHATSAPP_PREFIX) :]
+    address = address.translate(_LAYOUT).strip()
+    if address.startswith("00"):
+        address = "+" + address[2:]
     return address
+
+
+_LAYOUT = str.maketrans("", "", " -.()\t\u00a0")
 
 
 def to_whatsapp(phone: str) -> str:

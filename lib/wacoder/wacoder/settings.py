@@ -1,19 +1,54 @@
 """One typed Settings for every service.
 
-The same variable names are read by every process (ARCHITECTURE.md's configuration table);
-a `.env` file may supply them and the environment wins.
+The same variable names are read by every process (docs/architecture.md, the README's
+configuration table); a `.env` file may supply them and the environment wins.
+
+Secrets fail closed: in production (`WACODER_ENV=production`, the default) a service refuses to
+start without each secret it uses; only development falls back to built-in, public values.
 """
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+Secret = Literal[
+    "twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token", "autocoder_api_key"
+]
+
+# What each service cannot run without in production.
+SERVICE_SECRETS: dict[str, tuple[Secret, ...]] = {
+    "webhook": ("twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token"),
+    "agent": ("phone_hash_salt", "state_encryption_key", "service_token"),
+    "notifier": ("twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token"),
+    "mcp-bridge": ("phone_hash_salt", "service_token", "autocoder_api_key"),
+    "autocoder": ("phone_hash_salt", "autocoder_api_key"),
+}
+
+# Development only: public values, so a process started by hand works. Never used in production.
+_DEVELOPMENT_FALLBACKS: dict[Secret, str] = {
+    "twilio_auth_token": "dev-auth-token",
+    "phone_hash_salt": "wacoder-dev-salt",
+    "state_encryption_key": "ZGV2LW9ubHktc3RhdGUta2V5LW5vdC1hLXNlY3JldCE=",
+    "service_token": "dev-service-token",
+    "autocoder_api_key": "dev-autocoder-key",
+}
+
+
+class MissingSecret(RuntimeError):
+    pass
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # production: every secret must be given, and logs carry nothing private; development: public
+    # fallbacks for missing secrets (`make run` generates real ones into .run/ all the same).
+    wacoder_env: Literal["development", "production"] = "production"
 
     # Logs never carry phone numbers or message text, whatever the level.
     log_level: str = "INFO"
@@ -21,7 +56,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     twilio_account_sid: str = "AC00000000000000000000000000000000"
-    twilio_auth_token: SecretStr = SecretStr("dev-auth-token")
+    twilio_auth_token: SecretStr | None = None
     twilio_whatsapp_number: str = "whatsapp:+14155238886"
     twilio_api_base_url: str = "https://api.twilio.com"
     public_base_url: str = "http://127.0.0.1:8000"
@@ -30,6 +65,9 @@ class Settings(BaseSettings):
     allowed_phone_numbers: str = ""
     rate_limit_per_phone: int = 10
     rate_limit_global: int = 100
+    # The bot's ConfigMap (YAML): whitelist, limits and model over the variables above, re-read
+    # when it changes (wacoder.botconfig).
+    bot_config_file: str | None = None
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
@@ -39,10 +77,13 @@ class Settings(BaseSettings):
     autocoder_mcp_url: str = "http://127.0.0.1:8765/mcp"
     autocoder_api_key: SecretStr | None = None
 
-    # Fernet key (urlsafe base64, 32 bytes) for conversation state at rest.
+    # Fernet keys (urlsafe base64, 32 bytes), comma-separated: the first encrypts, all decrypt,
+    # so a key is rotated by putting the new one first and dropping the old one later.
     state_encryption_key: SecretStr | None = None
-    # Keys the hash that stands for a phone number in logs and towards AutoCoder.
-    phone_hash_salt: SecretStr = SecretStr("wacoder-dev-salt")
+    # Keys the hash that stands for a phone number in logs, Redis keys and towards AutoCoder.
+    phone_hash_salt: SecretStr | None = None
+    # Shared secret every gRPC call carries (`authorization: Bearer <token>`).
+    service_token: SecretStr | None = None
 
     # Where the services listen and find each other.
     webhook_host: str = "127.0.0.1"
@@ -88,16 +129,46 @@ class Settings(BaseSettings):
     # agent: how long a progress relay waits through one AutoCoder outage before telling the user.
     progress_give_up_after_s: float = 600.0
 
-    @property
-    def allowed_numbers(self) -> frozenset[str]:
-        return frozenset(n.strip() for n in self.allowed_phone_numbers.split(",") if n.strip())
+    def secret(self, name: Secret) -> str:
+        """The secret's value; in development a public fallback when unset, in production
+        MissingSecret (a service checks its secrets at start, see `service_settings`)."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None and value.get_secret_value():
+            return value.get_secret_value()
+        if self.wacoder_env == "development":
+            return _DEVELOPMENT_FALLBACKS[name]
+        raise MissingSecret(f"{name.upper()} is not set")
 
-    def is_allowed(self, phone: str) -> bool:
-        """True when `phone` (E.164, no "whatsapp:" prefix) may use the bot."""
-        allowed = self.allowed_numbers
-        return "*" in allowed or phone in allowed
+    def missing_secrets(self, service: str) -> list[str]:
+        if self.wacoder_env == "development":
+            return []
+        return [
+            name.upper()
+            for name in SERVICE_SECRETS[service]
+            if getattr(self, name) is None or not getattr(self, name).get_secret_value()
+        ]
 
 
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def service_settings(service: str) -> Settings:
+    """The settings of `service`'s process, its secrets checked (see `require_secrets`)."""
+    settings = get_settings()
+    require_secrets(settings, service)
+    return settings
+
+
+def require_secrets(settings: Settings, service: str) -> None:
+    """Exits with one clear line when a secret `service` needs is missing in production (fail
+    closed: never a public default for a signature check or a hash key)."""
+    missing = settings.missing_secrets(service)
+    if missing:
+        print(
+            f"{service}: refusing to start in production without {', '.join(missing)} "
+            "(set them, or WACODER_ENV=development for public development values)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)

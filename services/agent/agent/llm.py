@@ -20,6 +20,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.tools import StructuredTool, ToolException
 from langchain_openai import ChatOpenAI
 from wacoder import templates
+from wacoder.botconfig import BotConfig, BotConfigSource
 from wacoder.settings import Settings
 from wacoder.whatsapp_text import markdown_to_whatsapp
 
@@ -34,18 +35,30 @@ _LLM_ERRORS = (openai.APIError, httpx.HTTPError, TimeoutError)
 
 
 class LlmResponder:
-    def __init__(self, settings: Settings, autocoder: AutoCoder) -> None:
+    def __init__(self, settings: Settings, config: BotConfigSource, autocoder: AutoCoder) -> None:
         assert settings.openai_api_key is not None
-        self.model = ChatOpenAI(
-            model=settings.llm_model,
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key,
-            timeout=settings.llm_timeout_s,
-            max_retries=1,
-        )
+        self.settings = settings
+        self.config = config
         self.timeout_s = settings.llm_timeout_s * 2
         self.autocoder = autocoder
         self._specs: list[ToolSpec] | None = None
+        self._model: tuple[BotConfig, ChatOpenAI] | None = None
+
+    @property
+    def model(self) -> ChatOpenAI:
+        """The chat model the bot's config names now (rebuilt when the config changes)."""
+        config = self.config.current
+        if self._model is None or self._model[0] != config:
+            model = ChatOpenAI(
+                model=config.model_name,
+                base_url=config.model_base_url,
+                api_key=self.settings.openai_api_key,
+                temperature=config.model_temperature,
+                timeout=self.settings.llm_timeout_s,
+                max_retries=1,
+            )
+            self._model = (config, model)
+        return self._model[1]
 
     async def respond(self, turn: Turn, text: str) -> str:
         if self._specs is None:

@@ -8,12 +8,13 @@ import logging
 
 from wacoder import grpc as wgrpc
 from wacoder import keys
+from wacoder.botconfig import BotConfigSource
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import connect, ping
-from wacoder.settings import Settings, get_settings
+from wacoder.settings import Settings, service_settings
 from wacoder.streams import KeyedStreamConsumer, default_consumer_name
 from wacoder.v1 import agent_pb2_grpc, bridge_pb2_grpc, notifier_pb2_grpc
 
@@ -28,35 +29,41 @@ from agent.state import StateStore
 log = logging.getLogger("agent.main")
 
 
-def free_text_responder(settings: Settings, autocoder: AutoCoder) -> FreeTextResponder:
+def free_text_responder(
+    settings: Settings, config: BotConfigSource, autocoder: AutoCoder
+) -> FreeTextResponder:
     if settings.openai_api_key is None:
         log.info("no OPENAI_API_KEY: free text goes to the offline router")
         return OfflineResponder()
     from agent.llm import LlmResponder  # langchain is heavy: import it only when used
 
-    return LlmResponder(settings, autocoder)
+    return LlmResponder(settings, config, autocoder)
 
 
 async def serve(settings: Settings) -> None:
     redis = connect(settings)
     cipher = StateCipher.from_settings(settings)
-    salt = settings.phone_hash_salt.get_secret_value()
+    salt = settings.secret("phone_hash_salt")
     inbox = Inbox(redis, cipher, salt)
+    bot_config = BotConfigSource(settings)
+    watching = asyncio.create_task(bot_config.watch())
     bridge_channel = wgrpc.channel(settings.mcp_bridge_addr)
     notifier_channel = wgrpc.channel(settings.notifier_addr)
     autocoder = AutoCoder(
         bridge_pb2_grpc.McpBridgeServiceStub(bridge_channel), settings.mcp_call_timeout_s + 5
     )
     outbound = Outbound(notifier_pb2_grpc.NotifierServiceStub(notifier_channel), settings.grpc_fast_timeout_s)
-    progress = ProgressRelay(redis, autocoder, outbound, give_up_after_s=settings.progress_give_up_after_s)
+    progress = ProgressRelay(
+        redis, cipher, autocoder, outbound, give_up_after_s=settings.progress_give_up_after_s
+    )
     processor = Processor(
         redis=redis,
         cipher=cipher,
         inbox=inbox,
-        store=StateStore(redis, cipher),
+        store=StateStore(redis, cipher, salt),
         autocoder=autocoder,
         outbound=outbound,
-        free_text=free_text_responder(settings, autocoder),
+        free_text=free_text_responder(settings, bot_config, autocoder),
         progress=progress,
         hash_salt=salt,
     )
@@ -80,6 +87,7 @@ async def serve(settings: Settings) -> None:
         consumer.stop()
         await consumer.drain(timeout_s=5.0)
         consuming.cancel()
+        watching.cancel()
         await progress.stop()
 
     # /livez, /readyz: ready while Redis (its inbox) answers.
@@ -97,7 +105,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = service_settings("agent")
     setup_logging(settings, "agent")
     asyncio.run(serve(settings))
 

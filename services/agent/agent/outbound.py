@@ -3,7 +3,12 @@ caused it, so sending the same reply again (after a crash) delivers it once."""
 
 from __future__ import annotations
 
+import logging
+
+import grpc
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
+
+log = logging.getLogger("agent.outbound")
 
 
 class Outbound:
@@ -14,7 +19,13 @@ class Outbound:
     async def send(self, to: str, text: str, key: str) -> None:
         """One message, however long: the notifier splits it into numbered parts of at most
         1,600 characters in one atomic write, so no other message to the same user can land
-        between its parts. Raises grpc errors: the caller leaves its work pending, to be retried."""
-        await self.stub.Send(
-            notifier_pb2.SendRequest(to=to, body=text, idempotency_key=key), timeout=self.timeout_s
-        )
+        between its parts. Raises grpc errors: the caller retries its work. A recipient the
+        notifier may not write to (not whitelisted, silent for 24 h) is final: logged, not raised."""
+        try:
+            await self.stub.Send(
+                notifier_pb2.SendRequest(to=to, body=text, idempotency_key=key), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.PERMISSION_DENIED:
+                raise
+            log.warning("the notifier may not write to this recipient; reply dropped", extra={"phone": to})

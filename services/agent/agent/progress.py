@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from wacoder import keys
+from wacoder.crypto import InvalidToken, StateCipher
 from wacoder.v1 import bridge_pb2
 
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError
@@ -35,6 +36,7 @@ class ProgressRelay:
     def __init__(
         self,
         redis: aioredis.Redis,
+        cipher: StateCipher,
         autocoder: AutoCoder,
         outbound: Outbound,
         *,
@@ -42,18 +44,27 @@ class ProgressRelay:
         batch_interval_s: float = BATCH_INTERVAL_S,
     ) -> None:
         self.redis = redis
+        self.cipher = cipher
         self.autocoder = autocoder
         self.outbound = outbound
         self.batch_interval_s = batch_interval_s
         self.give_up_after_s = give_up_after_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    @staticmethod
     def register(
-        pipe: aioredis.client.Pipeline, session_id: str, to: str, caller: str, project: Project
+        self, pipe: aioredis.client.Pipeline, session_id: str, to: str, caller: str, project: Project
     ) -> None:
         key = keys.session_watch(session_id)
-        pipe.hset(key, mapping={"to": to, "caller": caller, "project": project.name, "after": 0})
+        # Where to send and the project's name are the user's: stored encrypted.
+        pipe.hset(
+            key,
+            mapping={
+                "to": self.cipher.encrypt(to),
+                "caller": caller,
+                "project": self.cipher.encrypt(project.name),
+                "after": 0,
+            },
+        )
         pipe.expire(key, keys.DAY_S)
         pipe.sadd(keys.ACTIVE_WATCHES, session_id)
         # The seed's session:{id}, for operators: unlike the watch above (which must know where
@@ -101,6 +112,16 @@ class ProgressRelay:
             watch = await self.redis.hgetall(key)
             if not watch:
                 await self.redis.srem(keys.ACTIVE_WATCHES, session_id)
+                return
+            try:
+                watch |= {
+                    "to": self.cipher.decrypt(watch["to"]),
+                    "project": self.cipher.decrypt(watch["project"]),
+                }
+            except (InvalidToken, KeyError):
+                # Written under a key that is no longer configured: nobody can be told any more.
+                log.error("progress relay unreadable; dropped", extra={"session_id": session_id})
+                await self._forget(session_id)
                 return
             try:
                 await self._follow(session_id, watch, outage)
@@ -204,6 +225,9 @@ class ProgressRelay:
             texts = [texts[0] + "\n\n" + files_text(files)]
         for text in texts:
             await self.outbound.send(watch["to"], text, key=f"progress:{session_id}:final")
+        await self._forget(session_id)
+
+    async def _forget(self, session_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.session_watch(session_id))
             pipe.srem(keys.ACTIVE_WATCHES, session_id)

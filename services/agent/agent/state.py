@@ -1,5 +1,6 @@
-"""Conversation state per user, per the seed: conversation:{phone} (encrypted at rest, 24 h
-TTL refreshed on activity), user:{phone}:projects and project:{id}:users."""
+"""Conversation state per user, per the seed: conversation:{user} (encrypted at rest, 24 h
+TTL refreshed on activity), user:{user}:projects and project:{id}:users, where a user is the
+keyed hash of their number (the number itself is only inside the encrypted state)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from wacoder import keys
 from wacoder.crypto import InvalidToken, StateCipher
+from wacoder.phones import phone_hash
 
 # The seed's memory window: the last 10 exchanges (a user message and the bot's answer each).
 MEMORY_EXCHANGES = 10
@@ -50,12 +52,16 @@ class ConversationState:
 
 
 class StateStore:
-    def __init__(self, redis: aioredis.Redis, cipher: StateCipher) -> None:
+    def __init__(self, redis: aioredis.Redis, cipher: StateCipher, hash_salt: str) -> None:
         self.redis = redis
         self.cipher = cipher
+        self.hash_salt = hash_salt
+
+    def user(self, phone: str) -> str:
+        return phone_hash(phone, self.hash_salt)
 
     async def load(self, phone: str) -> ConversationState:
-        raw = await self.redis.get(keys.conversation(phone))
+        raw = await self.redis.get(keys.conversation(self.user(phone)))
         if raw is None:
             return ConversationState(phone=phone)
         try:
@@ -67,15 +73,17 @@ class StateStore:
     def save(self, pipe: aioredis.client.Pipeline, state: ConversationState) -> None:
         """Queues the write on `pipe`, so it commits atomically with the replies it produced."""
         pipe.set(
-            keys.conversation(state.phone), self.cipher.encrypt(state.to_json()), ex=keys.CONVERSATION_TTL_S
+            keys.conversation(self.user(state.phone)),
+            self.cipher.encrypt(state.to_json()),
+            ex=keys.CONVERSATION_TTL_S,
         )
 
-    async def clear(self, phone: str) -> None:
-        await self.redis.delete(keys.conversation(phone))
-
-    @staticmethod
-    def link_project(pipe: aioredis.client.Pipeline, phone: str, project_id: str) -> None:
-        """The seed's two-way index: user:{phone}:projects (newest first) and project:{id}:users."""
-        pipe.lrem(keys.user_projects(phone), 0, project_id)
-        pipe.lpush(keys.user_projects(phone), project_id)
-        pipe.sadd(keys.project_users(project_id), phone)
+    def link_project(self, pipe: aioredis.client.Pipeline, phone: str, project_id: str) -> None:
+        """The seed's two-way index: user:{user}:projects (newest first) and project:{id}:users
+        (user hashes); both expire INDEX_TTL_S after the last time the user touched a project."""
+        user = self.user(phone)
+        pipe.lrem(keys.user_projects(user), 0, project_id)
+        pipe.lpush(keys.user_projects(user), project_id)
+        pipe.expire(keys.user_projects(user), keys.INDEX_TTL_S)
+        pipe.sadd(keys.project_users(project_id), user)
+        pipe.expire(keys.project_users(project_id), keys.INDEX_TTL_S)

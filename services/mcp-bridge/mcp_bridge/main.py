@@ -14,6 +14,7 @@ from wacoder.grpc import serve
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import connect
+from wacoder.settings import require_secrets
 from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
 from mcp_bridge.breaker import CircuitBreaker
@@ -29,7 +30,7 @@ SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["McpBridgeService"].full_n
 
 async def run(settings: BridgeSettings) -> None:
     redis = connect(settings)
-    api_key = settings.autocoder_api_key.get_secret_value() if settings.autocoder_api_key else None
+    api_key = settings.secret("autocoder_api_key")
     session = McpSession(
         settings.autocoder_mcp_url,
         api_key=api_key,
@@ -89,6 +90,7 @@ async def run(settings: BridgeSettings) -> None:
 
 def main() -> None:
     settings = BridgeSettings()
+    require_secrets(settings, "mcp-bridge")
     setup_logging(settings, "mcp-bridge")
     asyncio.run(run(settings))
 

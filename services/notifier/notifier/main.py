@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 
+from wacoder.botconfig import BotConfigSource
 from wacoder.crypto import StateCipher
 from wacoder.grpc import serve
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import connect, ping
-from wacoder.settings import get_settings
+from wacoder.settings import service_settings
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
 from notifier.outbox import Outbox
@@ -26,7 +27,7 @@ SERVICE_NAME = notifier_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_
 
 
 async def run() -> None:
-    settings = get_settings()
+    settings = service_settings("notifier")
     setup_logging(settings, "notifier")
     redis = connect(settings)
     cipher = StateCipher.from_settings(settings)
@@ -35,6 +36,8 @@ async def run() -> None:
     limiter = SendRateLimiter(redis, settings.twilio_whatsapp_number, settings.notifier_send_rate_per_s)
     worker = OutboxWorker(redis, outbox, sender, limiter, settings)
     worker_task = asyncio.create_task(worker.run(), name="outbox-worker")
+    bot_config = BotConfigSource(settings)
+    watching = asyncio.create_task(bot_config.watch(), name="bot-config")
     log.info("notifier starting", extra={"consumer": worker.consumer})
 
     async def on_stop() -> None:
@@ -49,11 +52,12 @@ async def run() -> None:
     try:
         await serve(
             settings.notifier_addr,
-            [(notifier_pb2_grpc.add_NotifierServiceServicer_to_server, NotifierService(outbox))],
+            [(notifier_pb2_grpc.add_NotifierServiceServicer_to_server, NotifierService(outbox, bot_config))],
             [SERVICE_NAME],
             on_stop=on_stop,
         )
     finally:
+        watching.cancel()
         await ops.stop()
         await sender.close()
         await redis.aclose()

@@ -34,12 +34,15 @@ log = logging.getLogger("notifier.outbox")
 MAX_BODY = 1600
 
 
-# KEYS[1] outbound_seen, KEYS[2] outbox stream, KEYS[3] the recipient's parked list.
-# ARGV[1] ttl, ARGV[2] number of parts, ARGV[3] fields per part, then the parts' field/value pairs.
-# Returns {duplicate (0/1), comma-separated outbox ids}.
+# KEYS[1] outbound_seen, KEYS[2] outbox stream, KEYS[3] the recipient's parked list, KEYS[4] the
+# recipient's last-inbound mark. ARGV[1] ttl, ARGV[2] number of parts, ARGV[3] fields per part,
+# ARGV[4] "1" if the recipient is whitelisted, then the parts' field/value pairs.
+# Returns {0 queued / 1 duplicate / 2 refused, comma-separated outbox ids}.
 _ENQUEUE = """
 local existing = redis.call('GET', KEYS[1])
 if existing then return {1, existing} end
+-- We write only to whitelisted numbers and to numbers that wrote to us within 24 hours.
+if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[4]) == 0 then return {2, ''} end
 -- Messages parked while the user was outside the 24-hour window go first: a new send to
 -- them means they wrote again, so the window is open.
 local parked = redis.call('LRANGE', KEYS[3], 0, -1)
@@ -53,7 +56,7 @@ redis.call('DEL', KEYS[3])
 local ids = {}
 local n = tonumber(ARGV[2])
 local width = tonumber(ARGV[3]) * 2
-local at = 4
+local at = 5
 for i = 1, n do
   local args = {}
   for j = 0, width - 1 do args[#args + 1] = ARGV[at + j] end
@@ -112,6 +115,7 @@ class PriorState:
 class EnqueueResult:
     duplicate: bool
     outbox_ids: list[str]
+    refused: bool = False  # not whitelisted and silent for 24 hours: nothing was queued
 
 
 def split_body(body: str) -> list[str]:
@@ -129,16 +133,23 @@ class Outbox:
     def __init__(self, redis: aioredis.Redis, cipher: StateCipher, settings: Settings) -> None:
         self.redis = redis
         self.cipher = cipher
-        self.salt = settings.phone_hash_salt.get_secret_value()
+        self.salt = settings.secret("phone_hash_salt")
         self._enqueue = redis.register_script(_ENQUEUE)
 
     def recipient_hash(self, to: str) -> str:
         return phone_hash(to, self.salt)
 
     async def enqueue(
-        self, to: str, body: str, idempotency_key: str, media_urls: Sequence[str] = ()
+        self,
+        to: str,
+        body: str,
+        idempotency_key: str,
+        media_urls: Sequence[str] = (),
+        *,
+        whitelisted: bool,
     ) -> EnqueueResult:
-        """Stores the message (split into parts) atomically; a repeat key is a duplicate.
+        """Stores the message (split into parts) atomically; a repeat key is a duplicate; a
+        recipient that is not `whitelisted` and has not written within 24 hours is refused.
 
         Media go with the first part, so a picture and its caption arrive together.
         """
@@ -147,7 +158,12 @@ class Outbox:
         parts = split_body(body) if body else [""]
         now = f"{time.time():.3f}"
         enc_to = self.cipher.encrypt(address)
-        argv: list[str] = [str(keys.OUTBOUND_SEEN_TTL_S), str(len(parts)), str(len(_FIELDS))]
+        argv: list[str] = [
+            str(keys.OUTBOUND_SEEN_TTL_S),
+            str(len(parts)),
+            str(len(_FIELDS)),
+            "1" if whitelisted else "0",
+        ]
         for index, part in enumerate(parts):
             media = json.dumps(list(media_urls)) if media_urls and index == 0 else ""
             values = {
@@ -162,9 +178,15 @@ class Outbox:
             }
             for name in _FIELDS:
                 argv += [name, values[name]]
-        script_keys = [keys.outbound_seen(idempotency_key), keys.OUTBOX_STREAM, keys.outbox_parked(to_hash)]
-        duplicate, joined = await self._enqueue(keys=script_keys, args=argv)
-        return EnqueueResult(bool(int(duplicate)), [i for i in str(joined).split(",") if i])
+        script_keys = [
+            keys.outbound_seen(idempotency_key),
+            keys.OUTBOX_STREAM,
+            keys.outbox_parked(to_hash),
+            keys.last_inbound(to_hash),
+        ]
+        verdict, joined = await self._enqueue(keys=script_keys, args=argv)
+        ids = [i for i in str(joined).split(",") if i]
+        return EnqueueResult(int(verdict) == 1, ids, refused=int(verdict) == 2)
 
     def decrypt(self, entry: OutboxEntry) -> Message:
         """Raises crypto.InvalidToken when the entry was written under another key."""

@@ -7,6 +7,7 @@ import uuid
 
 import grpc
 from redis.exceptions import RedisError
+from wacoder.botconfig import BotConfigSource
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
 from notifier.outbox import Outbox
@@ -15,8 +16,9 @@ log = logging.getLogger("notifier.service")
 
 
 class NotifierService(notifier_pb2_grpc.NotifierServiceServicer):
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, config: BotConfigSource) -> None:
         self.outbox = outbox
+        self.config = config
 
     async def Send(
         self, request: notifier_pb2.SendRequest, context: grpc.aio.ServicerContext
@@ -28,10 +30,17 @@ class NotifierService(notifier_pb2_grpc.NotifierServiceServicer):
         # Without a key there is nothing to de-duplicate on; every such call is a new message.
         key = request.idempotency_key or f"anon:{uuid.uuid4()}"
         try:
-            result = await self.outbox.enqueue(to, request.body, key, media)
+            whitelisted = self.config.current.is_allowed(to)
+            result = await self.outbox.enqueue(to, request.body, key, media, whitelisted=whitelisted)
         except (RedisError, OSError) as exc:
             log.warning("outbox unavailable", extra={"phone": to, "error": type(exc).__name__})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "outbox unavailable, retry later")
+        if result.refused:
+            log.warning("refused: recipient not whitelisted and silent for 24 h", extra={"phone": to})
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "recipient is not whitelisted and has not written within 24 hours",
+            )
         if result.duplicate:
             log.info("duplicate send ignored", extra={"phone": to})
         else:

@@ -146,7 +146,7 @@ class TwilioSender:
         self.timeout_s = settings.notifier_twilio_timeout_s
         self.http = RewritingHttpClient(settings.twilio_api_base_url, self.timeout_s)
         self.client = Client(
-            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value(), http_client=self.http
+            settings.twilio_account_sid, settings.secret("twilio_auth_token"), http_client=self.http
         )
         self.from_ = settings.twilio_whatsapp_number
         self.status_callback = settings.public_base_url.rstrip("/") + "/webhook/status"

@@ -3,17 +3,19 @@ the routes, and serves them with uvicorn."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
 from wacoder import grpc as wgrpc
+from wacoder.botconfig import BotConfigSource
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.logs import setup_logging
 from wacoder.redis import connect
-from wacoder.settings import Settings, get_settings
+from wacoder.settings import Settings, service_settings
 from wacoder.v1 import agent_pb2_grpc
 
 from webhook.admission import Gate
@@ -26,6 +28,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings)
+        bot_config = BotConfigSource(settings)
+        watching = asyncio.create_task(bot_config.watch())
         channels = {
             "agent": wgrpc.channel(settings.agent_addr),
             "mcp-bridge": wgrpc.channel(settings.mcp_bridge_addr),
@@ -34,20 +38,17 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.deps = Deps(
             settings=settings,
             redis=redis,
-            signatures=SignatureChecker(
-                settings.public_base_url, settings.twilio_auth_token.get_secret_value()
-            ),
-            gate=Gate(redis, settings),
+            signatures=SignatureChecker(settings.public_base_url, settings.secret("twilio_auth_token")),
+            gate=Gate(redis, bot_config, settings.secret("phone_hash_salt")),
             handoff=Handoff(
                 agent_pb2_grpc.AgentServiceStub(channels["agent"]),
-                Inbox(
-                    redis, StateCipher.from_settings(settings), settings.phone_hash_salt.get_secret_value()
-                ),
+                Inbox(redis, StateCipher.from_settings(settings), settings.secret("phone_hash_salt")),
                 settings.grpc_fast_timeout_s,
             ),
             channels=channels,
         )
         yield
+        watching.cancel()
         for channel in channels.values():
             await channel.close()
         await redis.aclose()
@@ -63,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = service_settings("webhook")
     setup_logging(settings, "webhook")
     uvicorn.run(
         create_app(settings),

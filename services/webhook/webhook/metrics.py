@@ -14,6 +14,11 @@ LATENCY = Histogram(
     "Time to answer Twilio for an inbound message",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+REFUSAL_NOTICES = Counter(
+    "wacoder_webhook_refusal_notices_total",
+    "Refusals the sender was told about (at most one per window per number)",
+    ["reason"],  # unauthorized, rate_limited
+)
 STATUS_CALLBACKS = Counter(
     "wacoder_webhook_status_callbacks_total", "Delivery status callbacks by status", ["status"]
 )

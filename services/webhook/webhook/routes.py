@@ -22,7 +22,7 @@ from webhook import twiml
 from webhook.admission import Admission, Gate
 from webhook.handoff import Handoff
 from webhook.health import check_all
-from webhook.metrics import LATENCY, REQUESTS, STATUS_CALLBACKS, status_label
+from webhook.metrics import LATENCY, REFUSAL_NOTICES, REQUESTS, STATUS_CALLBACKS, status_label
 from webhook.signature import SignatureChecker
 from webhook.twilio_form import FormRejected, inbound_message, read_form, required
 
@@ -63,15 +63,10 @@ async def whatsapp(request: Request) -> Response:
         return _plain(rejected.status, rejected.reason)
 
     phone = to_e164(message.sender)
-    if not deps.settings.is_allowed(phone):
-        REQUESTS.labels("unauthorized").inc()
-        log.info("refused: not whitelisted", extra={"phone": phone})
-        return twiml.message(templates.UNAUTHORIZED)
     try:
         verdict = await deps.gate.admit(phone, message.message_sid)
-        if verdict is Admission.RATE_LIMITED:
-            REQUESTS.labels("rate_limited").inc()
-            return twiml.message(templates.RATE_LIMIT)
+        if verdict in REFUSALS:
+            return _refusal(verdict, phone)
         if verdict is Admission.OK:
             await deps.handoff.submit(message)
     except RedisError as error:
@@ -82,6 +77,25 @@ async def whatsapp(request: Request) -> Response:
     REQUESTS.labels("accepted" if verdict is Admission.OK else "duplicate").inc()
     LATENCY.observe(time.perf_counter() - started)
     return twiml.empty()
+
+
+# A refusal: the outcome it is counted as, and what the user hears (once per window).
+REFUSALS = {
+    Admission.UNAUTHORIZED: ("unauthorized", templates.UNAUTHORIZED),
+    Admission.UNAUTHORIZED_QUIET: ("unauthorized", None),
+    Admission.RATE_LIMITED: ("rate_limited", templates.RATE_LIMIT),
+    Admission.RATE_LIMITED_QUIET: ("rate_limited", None),
+}
+
+
+def _refusal(verdict: Admission, phone: str) -> Response:
+    outcome, notice = REFUSALS[verdict]
+    REQUESTS.labels(outcome).inc()
+    log.info("refused", extra={"phone": phone, "reason": outcome, "notified": notice is not None})
+    if notice is None:
+        return twiml.empty()
+    REFUSAL_NOTICES.labels(outcome).inc()
+    return twiml.message(notice)
 
 
 @router.post("/webhook/status", summary="Twilio's delivery-status callback")
