@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 from devtools.embedded_redis import redis_server_binary
 from devtools.stack import Stack, free_port, port_open
@@ -156,6 +157,27 @@ def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, st
     }
     env.update(overrides)
     return env
+
+
+class _ServiceToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self.token}")]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+def service_channel(addr: str, env: Mapping[str, str]) -> grpc.Channel:
+    """A test client's channel to one of our gRPC services, carrying the service token as the
+    services' own channels do."""
+    return grpc.intercept_channel(grpc.insecure_channel(addr), _ServiceToken(env["SERVICE_TOKEN"]))
 
 
 def start_stack(

@@ -13,7 +13,7 @@ import redis
 from devtools.stack import Stack
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
-from tests.harness import RedisServer, TwilioSim, stack_env, start_stack
+from tests.harness import RedisServer, TwilioSim, service_channel, stack_env, start_stack
 
 # Small, so that exhausting retries and backoff take a fraction of a second.
 NOTIFIER_ENV = {
@@ -67,7 +67,7 @@ def notifier(
     stack: Stack, env: dict[str, str], sim: TwilioSim
 ) -> Iterator[notifier_pb2_grpc.NotifierServiceStub]:
     sim.clear()
-    with grpc.insecure_channel(env["NOTIFIER_ADDR"]) as channel:
+    with service_channel(env["NOTIFIER_ADDR"], env) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield notifier_pb2_grpc.NotifierServiceStub(channel)
     sim.script([])

@@ -1,15 +1,27 @@
 """gRPC plumbing shared by the agent, mcp-bridge and notifier: a server with the standard
-health service and graceful shutdown, and client channels to the other services."""
+health service, service-to-service authentication and graceful shutdown, and client channels to
+the other services.
+
+Trust between services: every call carries SERVICE_TOKEN (metadata `authorization: Bearer
+<token>`, added by a client interceptor), and every server checks it in constant time (a server
+interceptor) and answers UNAUTHENTICATED otherwise; only the standard health service stays open,
+for probes. With GRPC_TLS_CERT/GRPC_TLS_KEY/GRPC_TLS_CA set, channels are mutual TLS as well.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from wacoder.settings import Settings
 
 log = logging.getLogger("wacoder.grpc")
 
@@ -22,37 +34,126 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+# Open without the token: probes and load balancers ask these.
+_OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+def _bearer(token: str) -> tuple[str, str]:
+    return ("authorization", f"Bearer {token}")
 
 
-def listen_address(addr: str) -> str:
-    """The address to bind for a service known to others as `addr` (host:port).
+class _TokenClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+):
+    """Adds the service token to every call of a channel."""
 
-    A loopback address binds loopback only; anything else binds every interface, as a
-    container behind a Kubernetes Service must.
-    """
-    host, _, port = addr.rpartition(":")
-    return addr if host in ("127.0.0.1", "localhost", "[::1]") else f"[::]:{port}"
+    def __init__(self, token: str) -> None:
+        self._metadata = _bearer(token)
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._metadata)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+class _TokenServerInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses a call without the right token (compared in constant time) with UNAUTHENTICATED."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(_OPEN_METHOD_PREFIXES):
+            return handler
+        presented = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(presented).encode(), self._expected):
+            return handler
+        log.warning("refused a call without a valid service token", extra={"method": details.method})
+        return _refusal(handler)
+
+
+async def _unauthenticated(request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid service token")
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that only refuses."""
+    kind = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.response_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return kind(
+        _unauthenticated,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _tls_files(settings: Settings) -> tuple[bytes, bytes, bytes] | None:
+    """(certificate chain, private key, CA) when mutual TLS is configured."""
+    paths = (settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_ca)
+    if not all(paths):
+        return None
+    cert, key, ca = (Path(p).read_bytes() for p in paths if p)
+    return cert, key, ca
+
+
+def channel(target: str, settings: Settings) -> grpc.aio.Channel:
+    """A channel to another of our services: it carries the service token, over mTLS if set."""
+    interceptors = [_TokenClientInterceptor(settings.secret("service_token"))]
+    tls = _tls_files(settings)
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    cert, key, ca = tls
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    return grpc.aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+
+
+def listen_address(addr: str, settings: Settings) -> str:
+    """What a service known to others as `addr` (host:port) binds: GRPC_BIND_HOST and its port
+    (loopback unless configured otherwise; 0.0.0.0 in a container behind a Kubernetes Service)."""
+    port = addr.rpartition(":")[2]
+    return f"{settings.grpc_bind_host}:{port}"
 
 
 async def serve(
     addr: str,
     registrations: Iterable[Registration],
     service_names: Iterable[str],
+    settings: Settings,
     *,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     grace_s: float = 5.0,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls for `grace_s` seconds."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[_TokenServerInterceptor(settings.secret("service_token"))])
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(listen_address(addr))
+    tls = _tls_files(settings)
+    if tls is None:
+        server.add_insecure_port(listen_address(addr, settings))
+    else:
+        cert, key, ca = tls
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+        server.add_secure_port(listen_address(addr, settings), credentials)
     await server.start()
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

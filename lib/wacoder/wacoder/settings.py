@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     notifier_addr: str = "127.0.0.1:50053"
     autocoder_host: str = "127.0.0.1"
     autocoder_port: int = 8765
+    # What gRPC servers bind: loopback by default (`make run`), 0.0.0.0 in a container.
+    grpc_bind_host: str = "127.0.0.1"
+    # Mutual TLS between services when all three are set (PEM files); the token is checked too.
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_tls_ca: str | None = None
     # Each service's operations HTTP port (/livez, /readyz, /metrics); the webhook serves them
     # on its own port. METRICS_HOST is what they bind: 0.0.0.0 in a container, for the kubelet.
     metrics_host: str = "127.0.0.1"

@@ -47,8 +47,8 @@ async def serve(settings: Settings) -> None:
     inbox = Inbox(redis, cipher, salt)
     bot_config = BotConfigSource(settings)
     watching = asyncio.create_task(bot_config.watch())
-    bridge_channel = wgrpc.channel(settings.mcp_bridge_addr)
-    notifier_channel = wgrpc.channel(settings.notifier_addr)
+    bridge_channel = wgrpc.channel(settings.mcp_bridge_addr, settings)
+    notifier_channel = wgrpc.channel(settings.notifier_addr, settings)
     autocoder = AutoCoder(
         bridge_pb2_grpc.McpBridgeServiceStub(bridge_channel), settings.mcp_call_timeout_s + 5
     )
@@ -96,6 +96,7 @@ async def serve(settings: Settings) -> None:
         settings.agent_addr,
         [(agent_pb2_grpc.add_AgentServiceServicer_to_server, AgentServicer(inbox))],
         ["wacoder.v1.AgentService"],
+        settings,
         on_stop=on_stop,
     )
     await ops.stop()

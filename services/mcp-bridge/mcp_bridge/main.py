@@ -78,6 +78,7 @@ async def run(settings: BridgeSettings) -> None:
             settings.mcp_bridge_addr,
             [(bridge_pb2_grpc.add_McpBridgeServiceServicer_to_server, servicer)],  # type: ignore[list-item]
             [SERVICE_NAME],
+            settings,
             on_stop=servicer.stop,
         )
     finally:

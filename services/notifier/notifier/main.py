@@ -54,6 +54,7 @@ async def run() -> None:
             settings.notifier_addr,
             [(notifier_pb2_grpc.add_NotifierServiceServicer_to_server, NotifierService(outbox, bot_config))],
             [SERVICE_NAME],
+            settings,
             on_stop=on_stop,
         )
     finally:

@@ -31,9 +31,9 @@ def create_app(settings: Settings) -> FastAPI:
         bot_config = BotConfigSource(settings)
         watching = asyncio.create_task(bot_config.watch())
         channels = {
-            "agent": wgrpc.channel(settings.agent_addr),
-            "mcp-bridge": wgrpc.channel(settings.mcp_bridge_addr),
-            "notifier": wgrpc.channel(settings.notifier_addr),
+            "agent": wgrpc.channel(settings.agent_addr, settings),
+            "mcp-bridge": wgrpc.channel(settings.mcp_bridge_addr, settings),
+            "notifier": wgrpc.channel(settings.notifier_addr, settings),
         }
         app.state.deps = Deps(
             settings=settings,
