@@ -44,6 +44,9 @@ class AutoCoderServer:
             "AUTOCODER_PORT": str(self.port),
             "AUTOCODER_DATA_DIR": str(self.data_dir),
             "AUTOCODER_SIGNING_KEY": SIGNING_KEY,
+            "PHONE_HASH_SALT": "test-phone-hash-salt",
+            # Its /livez and /readyz port: one per server, several run at once.
+            "AUTOCODER_METRICS_PORT": str(free_port()),
             **env,
         }
         # The built-in generators are what these tests exercise, whatever the developer's shell has.

@@ -237,6 +237,60 @@ async def test_failing_llm_tests_fail_the_session(fake_llm: FakeLLM, llm_autocod
     assert set(files) == set(LLM_FILES)
 
 
+# Generated tests that leave processes behind: one in pytest's process group, one detached
+# (its own session) that keeps pytest's stdout open for 20 s (`-s`: no capture, so the
+# children get pytest's own stdout). And the memory limit applies.
+SANDBOX_TESTS = """import resource
+import subprocess
+from pathlib import Path
+
+
+def test_the_memory_limit_applies() -> None:
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] == 2048 * 1024 * 1024
+
+
+def test_leaves_processes_behind() -> None:
+    child = subprocess.Popen(["sleep", "20"])
+    detached = subprocess.Popen(["sleep", "20"], start_new_session=True)
+    Path("pids.txt").write_text(f"{child.pid} {detached.pid}")
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie is dead, whoever has yet to reap it
+
+
+async def test_the_sandbox_waits_for_pytest_only_and_kills_what_it_left(
+    fake_llm: FakeLLM, llm_autocoder: AutoCoderServer
+) -> None:
+    await fake_llm.script(
+        [
+            answer(("PLAN.md", PLAN)),
+            answer(
+                ("calc/__init__.py", ""), ("calc/core.py", CALC), ("pytest.ini", "[pytest]\naddopts = -s\n")
+            ),
+            answer(("tests/test_sandbox.py", SANDBOX_TESTS)),
+        ]
+    )
+    async with mcp_client(llm_autocoder.mcp_url) as s:
+        started = time.monotonic()
+        details, _ = await run_session(s, "sandbox", "build a calculator app")
+        elapsed = time.monotonic() - started
+    assert details["status"] == "succeeded", details
+    assert details["test_results"]["passed"] == 2, details["test_results"]
+    # Not held up by the detached process that still has pytest's output open...
+    assert elapsed < 15, elapsed
+    pids = llm_autocoder.data_dir / "projects" / details["project_id"] / "pids.txt"
+    child = int(pids.read_text().split()[0])
+    # ...and what the tests left in their process group did not outlive them (the detached one
+    # is out of reach: it ends on its own).
+    assert not alive(child)
+
+
 async def test_garbage_answers_fall_back_to_the_builtin_generators(
     fake_llm: FakeLLM, llm_autocoder: AutoCoderServer
 ) -> None:
@@ -289,7 +343,7 @@ def files_under(root: Path) -> set[str]:
 def check_nothing_escaped(data_dir: Path, project_dir: Path, before: set[str]) -> None:
     new = files_under(data_dir) - before
     outside = {p for p in new if not (data_dir / p).resolve().is_relative_to(project_dir)}
-    assert outside <= {"index.json"}, outside  # the session index is the only other write
+    assert outside <= {"index.json", "journal.jsonl"}, outside  # the index is the only other write
     assert files_under(project_dir) == BUILTIN_FILES
     assert not Path("/tmp/autocoder-llm-escape").exists()
     assert not (data_dir / "etc").exists() and not (data_dir / "x").exists()

@@ -26,7 +26,17 @@ async def test_tools_list_returns_the_six_tools_with_schemas(autocoder: AutoCode
         assert set(tool.inputSchema.get("required", [])) == required, name
         # Structured output everywhere: an object schema, never a bare list.
         assert tool.outputSchema is not None and tool.outputSchema["type"] == "object", name
-    assert set(tools["execute_coding_task"].inputSchema["properties"]) == {"project_id", "task", "agents"}
+    assert set(tools["create_project"].inputSchema["properties"]) == {
+        "name",
+        "description",
+        "idempotency_key",
+    }
+    assert set(tools["execute_coding_task"].inputSchema["properties"]) == {
+        "project_id",
+        "task",
+        "agents",
+        "idempotency_key",
+    }
     assert set(tools["get_session_details"].inputSchema["properties"]) == {"session_id", "since_event"}
     assert set(tools["get_session_details"].outputSchema["properties"]) == {
         "session_id",

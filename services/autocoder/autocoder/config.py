@@ -20,7 +20,7 @@ class AutoCoderConfig(BaseSettings):
         env_prefix="AUTOCODER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    # Projects, the session index and the signing key live here (relative to the cwd).
+    # Projects, the index (snapshot + journal) and the signing key live here (relative to the cwd).
     data_dir: Path = Path(".run/autocoder")
     # Base of download URLs as clients reach us (behind a proxy or ingress); unset: http://host:port.
     public_url: str | None = None
@@ -33,5 +33,10 @@ class AutoCoderConfig(BaseSettings):
     # The tester agent's sandbox: wall clock and address-space limit of one pytest run.
     test_timeout_s: float = 60.0
     test_memory_mb: int = 2048
+    # The journal is folded into the index snapshot at start and once it has this many records.
+    journal_max_records: int = 10_000
+    # Idempotency keys of create_project / execute_coding_task: how long, and how many at most.
+    idempotency_ttl_s: float = 24 * 3600
+    idempotency_max_keys: int = 20_000
     # Seconds uvicorn waits for open streams (MCP SSE) before it closes them on shutdown.
     shutdown_grace_s: float = 3.0

@@ -3,7 +3,7 @@
 Wires the shared settings (host, port, API key, LLM) and AutoCoder's own (data dir, URL
 signing, sandbox limits) into the store, the pipeline, the tools and one uvicorn server.
 uvicorn handles SIGTERM/SIGINT: it stops accepting, gives open streams `shutdown_grace_s`,
-then the lifespan cancels running sessions (recorded as failed) and the index is saved.
+then the lifespan cancels running sessions (recorded as failed) and the journal is synced.
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ log = logging.getLogger("autocoder")
 
 def build(settings: Settings, config: AutoCoderConfig) -> tuple[Any, Store]:
     data_dir = config.data_dir.resolve()
-    store = Store(data_dir)
+    store = Store(
+        data_dir,
+        journal_max_records=config.journal_max_records,
+        idempotency_ttl_s=config.idempotency_ttl_s,
+        idempotency_max_keys=config.idempotency_max_keys,
+    )
     key = (
         config.signing_key.get_secret_value().encode() if config.signing_key else load_or_create_key(data_dir)
     )
@@ -83,7 +88,7 @@ def build(settings: Settings, config: AutoCoderConfig) -> tuple[Any, Store]:
 
     async def on_shutdown() -> None:
         await pipeline.shutdown()
-        store.save()
+        await store.close()
         log.info("autocoder stopped")
 
     api_key = settings.autocoder_api_key.get_secret_value() if settings.autocoder_api_key else None

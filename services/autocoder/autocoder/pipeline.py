@@ -4,6 +4,7 @@
 in an asyncio task, one after another in pipeline order, and every step is written to the
 session (status, per-agent status, progress, numbered events) so `get_session_details` can be
 polled while it runs. Sessions of one project run one at a time: they share its directory.
+File I/O runs in threads, so a session never holds up the event loop (and the tools) for long.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import contextlib
 import logging
 from collections import defaultdict
 
-from autocoder.agents.base import AgentContext, AgentOutput, ProjectSpec
+from autocoder.agents.base import AgentContext, AgentOutput, GeneratedFile, ProjectSpec
 from autocoder.agents.builtin import GENERATORS
 from autocoder.agents.llm import LLMGenerator
 from autocoder.config import AutoCoderConfig
 from autocoder.sandbox import run_pytest
-from autocoder.storage import Project, Session, Store, utc_now
+from autocoder.storage import Project, Session, Store, StoredFile, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Pipeline:
         for index, agent in enumerate(session.agents):
             session.agent_status[agent] = "running"
             self.store.add_event(session, f"{agent} started", agent, "running")
+            existing, has_app = await asyncio.to_thread(self._look_around, project.project_id)
             ctx = AgentContext(
                 project_id=project.project_id,
                 project_name=project.name,
@@ -79,17 +81,16 @@ class Pipeline:
                 task=session.task,
                 agents=session.agents,
                 spec=spec,
-                existing_files=[f.path for f in self.store.list_files(project.project_id)],
-                has_generated_app=bool(project.spec)
-                and self.store.stat(project.project_id, "app/main.py") is not None,
+                existing_files=existing,
+                has_generated_app=bool(project.spec) and has_app,
             )
             output, builtin = await self._generate(agent, ctx, session)
-            for generated in output.files:
-                stored = self.store.write_file(project.project_id, generated.path, generated.content)
+            written = await asyncio.to_thread(self._write_all, project.project_id, output.files)
+            for stored in written:
                 if stored.path not in session.files:
                     session.files.append(stored.path)
             if agent == "developer" and builtin:
-                project.spec = spec.as_dict()
+                self.store.set_spec(project, spec.as_dict())
             message = output.message
             status = "done"
             if agent == "tester":
@@ -116,11 +117,19 @@ class Pipeline:
                 session, "failed", f"tests did not pass; {len(session.files)} file(s) written: {names}"
             )
 
+    def _look_around(self, project_id: str) -> tuple[list[str], bool]:
+        """(the project's files, whether the generated app is there): in a thread."""
+        files = [f.path for f in self.store.list_files(project_id)]
+        return files, self.store.stat(project_id, "app/main.py") is not None
+
+    def _write_all(self, project_id: str, files: list[GeneratedFile]) -> list[StoredFile]:
+        return [self.store.write_file(project_id, f.path, f.content) for f in files]
+
     async def _generate(self, agent: str, ctx: AgentContext, session: Session) -> tuple[AgentOutput, bool]:
         """(output, True when the built-in generator made it)."""
         if self.llm is not None:
             try:
-                plan = self.store.read_text(ctx.project_id, "PLAN.md")
+                plan = await asyncio.to_thread(self.store.read_text, ctx.project_id, "PLAN.md")
                 return await self.llm.generate(agent, ctx, plan), False
             except Exception as exc:  # any LLM trouble: fall back, the session still delivers
                 log.warning(

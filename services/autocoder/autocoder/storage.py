@@ -1,22 +1,26 @@
 """Projects, sessions and their files.
 
-The index (who owns which project, what each session did) is kept in memory and written to
-`index.json` in the data dir after every change, so a restart keeps it. It is small and only
-this process writes it, so a full atomic rewrite is simpler than a database and good enough
-for a reference server. Generated files live under `projects/{project_id}/`.
+The index (who owns which project, what each session did, which idempotency key created what)
+is kept in memory. Every change is appended to a journal and folded into the `index.json`
+snapshot now and then (journal.py), so a restart keeps it and an event costs a line, not a
+rewrite of everything. Generated files live under `projects/{project_id}/`; reading and writing
+them blocks, so async callers run those methods in a thread.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
 import secrets
-import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from autocoder.idempotency import IdempotencyKeys
+from autocoder.journal import Journal, read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,22 @@ class Project:
     spec: dict[str, Any] | None = None
 
 
+def _mutable_fields(session: Session) -> dict[str, Any]:
+    """Copies of the fields the pipeline changes in place (events aside)."""
+    return {
+        "status": session.status,
+        "progress": session.progress,
+        "agent_status": dict(session.agent_status),
+        "test_results": dict(session.test_results) if session.test_results is not None else None,
+        "summary": session.summary,
+        "files": list(session.files),
+        "finished_at": session.finished_at,
+    }
+
+
+_UNSET = object()
+
+
 @dataclass(frozen=True)
 class StoredFile:
     path: str
@@ -84,30 +104,51 @@ class StoredFile:
 
 
 class Store:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        journal_max_records: int = 10_000,
+        idempotency_ttl_s: float = 24 * 3600,
+        idempotency_max_keys: int = 20_000,
+    ) -> None:
         self.data_dir = data_dir
         self.projects_dir = data_dir / "projects"
         self.projects_dir.mkdir(parents=True, exist_ok=True)
         self.index_path = data_dir / "index.json"
+        self.journal = Journal(data_dir / "journal.jsonl")
+        self.journal_max_records = max(1, journal_max_records)
         self.projects: dict[str, Project] = {}
         self.sessions: dict[str, Session] = {}
+        self.keys = IdempotencyKeys(idempotency_ttl_s, idempotency_max_keys)
+        # What the journal last said about each active session's fields, so an event records
+        # only what changed since (the pipeline changes them in place, then adds an event).
+        self._journaled: dict[str, dict[str, Any]] = {}
+        self._compaction: asyncio.Task[None] | None = None
+        # A failed compaction leaves `journal.jsonl.1` behind, which the next rotation would
+        # overwrite: the journal then just grows until the restart folds it in.
+        self._compaction_failed = False
         self._load()
 
-    # ---- persistence -------------------------------------------------------------------------
+    # ---- persistence (journal.py) ---------------------------------------------------------------
 
     def _load(self) -> None:
-        if not self.index_path.exists():
-            return
-        try:
-            raw = json.loads(self.index_path.read_text())
-        except (OSError, ValueError):
-            log.exception("index unreadable, starting empty", extra={"path": str(self.index_path)})
-            return
-        for p in raw.get("projects", []):
+        snapshot = read_snapshot(self.index_path)
+        for p in snapshot.get("projects", []):
             self.projects[p["project_id"]] = Project(**p)
-        for s in raw.get("sessions", []):
+        for s in snapshot.get("sessions", []):
             s["events"] = [Event(**e) for e in s.get("events", [])]
-            session = Session(**s)
+            self.sessions[s["session_id"]] = Session(**s)
+        for owner, kind, key, target, created in snapshot.get("idempotency", []):
+            self.keys.put(owner, kind, key, target, created)
+        replayed = 0
+        for record in self.journal.replay(int(snapshot.get("n", 0))):
+            try:
+                self._apply(record)
+                replayed += 1
+            except (KeyError, TypeError, ValueError):
+                log.exception("journal record not applied", extra={"n": record.get("n")})
+        for session in self.sessions.values():
             # Its background task died with the previous process: say so instead of "running" forever.
             if session.active:
                 session.status = "failed"
@@ -116,28 +157,118 @@ class Store:
                 for name, st in session.agent_status.items():
                     if st in ("pending", "running"):
                         session.agent_status[name] = "failed" if st == "running" else "skipped"
-            self.sessions[session.session_id] = session
+        # Before the server serves: fold everything into a fresh snapshot, start an empty journal.
+        self._compact_now()
+        log.info(
+            "store loaded",
+            extra={"projects": len(self.projects), "sessions": len(self.sessions), "replayed": replayed},
+        )
 
-    def save(self) -> None:
-        data = {
+    def _apply(self, record: dict[str, Any]) -> None:
+        """Replays one journal record (the same change the live method made)."""
+        op = record["op"]
+        if op == "project":
+            project = Project(**record["project"])
+            self.projects[project.project_id] = project
+            if record.get("key"):
+                self.keys.put(project.owner, "project", record["key"], project.project_id, record["t"])
+        elif op == "session":
+            session = Session(**{**record["session"], "events": []})
+            self.sessions[session.session_id] = session
+            self.projects[session.project_id].sessions.append(session.session_id)
+            if record.get("key"):
+                self.keys.put(session.owner, "session", record["key"], session.session_id, record["t"])
+        elif op == "event":
+            session = self.sessions[record["session_id"]]
+            for name, value in record["set"].items():
+                setattr(session, name, value)
+            session.events.append(Event(**record["event"]))
+        elif op == "spec":
+            self.projects[record["project_id"]].spec = record["spec"]
+        else:
+            raise ValueError(f"unknown journal op {op!r}")
+
+    def _append(self, record: dict[str, Any]) -> None:
+        """Journals a change already made in memory (last, so a compaction includes it)."""
+        self.journal.append(record)
+        if (
+            self.journal.records >= self.journal_max_records
+            and self._compaction is None
+            and not self._compaction_failed
+        ):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a script, a test): compact right here
+                self._compact_now()
+                return
+            self._compaction = loop.create_task(self._compact(), name="store-compaction")
+
+    def _snapshot_data(self, n: int, sessions: list[Session]) -> dict[str, Any]:
+        return {
+            "n": n,
             "projects": [asdict(p) for p in self.projects.values()],
-            "sessions": [asdict(s) for s in self.sessions.values()],
+            "sessions": [asdict(s) for s in sessions],
+            "idempotency": self.keys.dump(),
         }
-        fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=".index-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, self.index_path)
+
+    def _compact_now(self) -> None:
+        sessions = list(self.sessions.values())
+        write_snapshot(self.index_path, self._snapshot_data(self.journal.last_n, sessions))
+        self.journal.start_fresh()
+
+    async def _compact(self) -> None:
+        try:
+            # On the loop: a consistent copy of what changes (projects, active sessions, keys).
+            # Finished sessions never change again, so the thread serializes those itself.
+            n = self.journal.last_n
+            active = [asdict(s) for s in self.sessions.values() if s.active]
+            finished = [s for s in self.sessions.values() if not s.active]
+            data = self._snapshot_data(n, [])
+            data["sessions"] = active
+            old_fd = self.journal.rotate()
+
+            def write() -> None:
+                os.close(old_fd)  # its records are in the snapshot about to be written
+                data["sessions"] += [asdict(s) for s in finished]
+                write_snapshot(self.index_path, data)
+                self.journal.rotated.unlink(missing_ok=True)
+
+            await asyncio.to_thread(write)
+            log.info("store compacted", extra={"n": n, "sessions": len(data["sessions"])})
+        except Exception:
+            self._compaction_failed = True
+            log.exception("store compaction failed; the journal keeps everything")
+        finally:
+            self._compaction = None
+
+    async def sync(self) -> None:
+        """Everything recorded so far survives a crash of the machine, not only of the process."""
+        await self.journal.sync()
+
+    async def close(self) -> None:
+        if self._compaction is not None:
+            await asyncio.shield(self._compaction)
+        await asyncio.to_thread(self.journal.close_fd)
 
     # ---- projects and sessions -----------------------------------------------------------------
 
-    def create_project(self, owner: str, name: str, description: str) -> Project:
+    def create_project(self, owner: str, name: str, description: str, key: str | None = None) -> Project:
         project = Project(
             project_id="proj_" + secrets.token_hex(5), owner=owner, name=name, description=description
         )
+        created = time.time()
         self.projects[project.project_id] = project
+        if key:
+            self.keys.put(owner, "project", key, project.project_id, created)
+        # One record for the project and its key: after a crash, both exist or neither.
+        self._append({"op": "project", "project": asdict(project), "key": key, "t": created})
         self.project_dir(project.project_id).mkdir(parents=True, exist_ok=True)
-        self.save()
         return project
+
+    def remembered_project(self, owner: str, key: str) -> Project | None:
+        """The project an earlier create_project with this key created."""
+        project_id = self.keys.get(owner, "project", key)
+        return self.projects.get(project_id) if project_id else None
 
     def project(self, owner: str, project_id: str) -> Project:
         project = self.projects.get(project_id)
@@ -155,7 +286,13 @@ class Store:
         latest = self.sessions.get(project.sessions[-1])
         return latest.status if latest else "new"
 
-    def create_session(self, project: Project, task: str, agents: list[str]) -> Session:
+    def set_spec(self, project: Project, spec: dict[str, Any]) -> None:
+        project.spec = spec
+        self._append({"op": "spec", "project_id": project.project_id, "spec": spec})
+
+    def create_session(
+        self, project: Project, task: str, agents: list[str], key: str | None = None
+    ) -> Session:
         session = Session(
             session_id="sess_" + secrets.token_hex(8),
             project_id=project.project_id,
@@ -164,10 +301,19 @@ class Store:
             agents=agents,
             agent_status=dict.fromkeys(agents, "pending"),
         )
+        created = time.time()
         self.sessions[session.session_id] = session
         project.sessions.append(session.session_id)
-        self.save()
+        if key:
+            self.keys.put(project.owner, "session", key, session.session_id, created)
+        self._journaled[session.session_id] = _mutable_fields(session)
+        self._append({"op": "session", "session": asdict(session), "key": key, "t": created})
         return session
+
+    def remembered_session(self, owner: str, key: str) -> Session | None:
+        """The session an earlier execute_coding_task with this key created."""
+        session_id = self.keys.get(owner, "session", key)
+        return self.sessions.get(session_id) if session_id else None
 
     def session(self, owner: str, session_id: str) -> Session:
         session = self.sessions.get(session_id)
@@ -181,6 +327,7 @@ class Store:
     def add_event(
         self, session: Session, message: str, agent: str | None = None, agent_status: str | None = None
     ) -> Event:
+        """Appends an event, and records it with whatever else of the session changed since the last one."""
         event = Event(
             seq=len(session.events) + 1,
             ts=utc_now(),
@@ -190,8 +337,17 @@ class Store:
             message=message,
             progress=session.progress,
         )
+        fields = _mutable_fields(session)
+        before = self._journaled.get(session.session_id, {})
+        changed = {name: value for name, value in fields.items() if before.get(name, _UNSET) != value}
         session.events.append(event)
-        self.save()
+        if session.active:
+            self._journaled[session.session_id] = fields
+        else:  # a finished session changes no more
+            self._journaled.pop(session.session_id, None)
+        self._append(
+            {"op": "event", "session_id": session.session_id, "event": asdict(event), "set": changed}
+        )
         return event
 
     # ---- files -------------------------------------------------------------------------------

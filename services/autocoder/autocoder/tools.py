@@ -4,10 +4,16 @@ Every tool answers a JSON object described by a pydantic model, so clients get a
 `outputSchema` and `structuredContent`. The caller is whoever the request's `_meta.caller`
 names (the mcp-bridge sends a phone-number hash); every lookup is scoped to it, and an id that
 exists but belongs to someone else gets the same error as one that does not exist.
+
+The tools are coroutines: FastMCP runs a plain function on the event loop itself, where a
+slow one would hold up every other request. What blocks (file stats, an fsync) goes to a thread.
+The tools that create things take an optional `idempotency_key`: a repeat returns what the
+first call created.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Annotated, Any, Literal
@@ -20,12 +26,22 @@ from autocoder.agents.selection import PIPELINE_ORDER, UnknownAgentError, order_
 from autocoder.config import VERSION
 from autocoder.pipeline import Pipeline
 from autocoder.signing import UrlSigner
-from autocoder.storage import NotFoundError, Store
+from autocoder.storage import NotFoundError, Session, Store
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 MAX_TASK_CHARS = 4000
+
+IdempotencyKey = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="makes a repeat safe: the same caller sending the same key again gets the first "
+        "call's result and nothing new is created (keys are remembered for 24 h by default)",
+    ),
+]
 
 SessionStatus = Literal["queued", "running", "succeeded", "failed"]
 AgentStatus = Literal["pending", "running", "done", "failed", "skipped"]
@@ -121,14 +137,20 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
         return ToolError(str(exc))
 
     @mcp.tool()
-    def create_project(
+    async def create_project(
         name: Annotated[str, Field(min_length=1, max_length=100, description="project name")],
         ctx: Context[Any, Any, Any],
         description: Annotated[str, Field(max_length=2000, description="what the project is for")] = "",
+        idempotency_key: IdempotencyKey = None,
     ) -> ProjectCreated:
         """Create a new, empty AutoCoder project owned by the caller."""
-        project = store.create_project(caller_of(ctx), name.strip(), description.strip())
-        log.info("project created", extra={"project_id": project.project_id, "caller": project.owner})
+        caller = caller_of(ctx)
+        # No await between the lookup and the creation: a concurrent repeat cannot slip in between.
+        project = store.remembered_project(caller, idempotency_key) if idempotency_key else None
+        if project is None:
+            project = store.create_project(caller, name.strip(), description.strip(), idempotency_key)
+            log.info("project created", extra={"project_id": project.project_id, "caller": project.owner})
+        await store.sync()  # the project and its key survive a crash once the caller hears of them
         return ProjectCreated(
             project_id=project.project_id,
             name=project.name,
@@ -137,7 +159,7 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
         )
 
     @mcp.tool()
-    def list_projects(ctx: Context[Any, Any, Any]) -> ProjectList:
+    async def list_projects(ctx: Context[Any, Any, Any]) -> ProjectList:
         """List the caller's projects, oldest first, with their status and session ids."""
         return ProjectList(
             projects=[
@@ -154,7 +176,7 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
         )
 
     @mcp.tool()
-    def execute_coding_task(
+    async def execute_coding_task(
         project_id: str,
         task: Annotated[str, Field(min_length=1, max_length=MAX_TASK_CHARS, description="what to build")],
         ctx: Context[Any, Any, Any],
@@ -162,27 +184,42 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
             list[str] | None,
             Field(description=f"agents to run, any of {list(PIPELINE_ORDER)}; omitted: chosen from the task"),
         ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> TaskQueued:
         """Start a coding session on a project. Returns at once (status "queued"); the agents run in
         the background in the order planner, database, developer, uiux, devops, tester. Poll
         get_session_details for progress."""
+        caller = caller_of(ctx)
+        # As in create_project: lookup and creation in one step of the loop. A repeat starts nothing.
+        session = store.remembered_session(caller, idempotency_key) if idempotency_key else None
+        if session is None:
+            session = start_session(caller, project_id, task, agents, idempotency_key)
+        await store.sync()
+        return TaskQueued(
+            session_id=session.session_id,
+            project_id=session.project_id,
+            status="queued",
+            agents=session.agents,
+        )
+
+    def start_session(
+        caller: str, project_id: str, task: str, agents: list[str] | None, key: str | None
+    ) -> Session:
         try:
-            project = store.project(caller_of(ctx), project_id)
+            project = store.project(caller, project_id)
         except NotFoundError as exc:
             raise not_found(exc) from None
         try:
             chosen = order_agents(agents) if agents else select_agents(task)
         except UnknownAgentError as exc:
             raise ToolError(str(exc)) from None
-        session = store.create_session(project, task.strip(), chosen)
+        session = store.create_session(project, task.strip(), chosen, key)
         store.add_event(session, f"session queued: {', '.join(chosen)}")
         pipeline.start(session)
-        return TaskQueued(
-            session_id=session.session_id, project_id=project.project_id, status="queued", agents=chosen
-        )
+        return session
 
     @mcp.tool()
-    def get_session_details(
+    async def get_session_details(
         session_id: str,
         ctx: Context[Any, Any, Any],
         since_event: Annotated[int, Field(ge=0, description="only events with a greater seq")] = 0,
@@ -209,27 +246,32 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
         )
 
     @mcp.tool()
-    def get_session_files(session_id: str, ctx: Context[Any, Any, Any]) -> SessionFiles:
+    async def get_session_files(session_id: str, ctx: Context[Any, Any, Any]) -> SessionFiles:
         """The files a session wrote, each with a signed download URL that expires."""
         try:
             s = store.session(caller_of(ctx), session_id)
         except NotFoundError as exc:
             raise not_found(exc) from None
+        files = await asyncio.to_thread(signed_files, s.project_id, list(s.files))
+        return SessionFiles(session_id=s.session_id, files=files)
+
+    def signed_files(project_id: str, paths: list[str]) -> list[SessionFile]:
+        """In a thread: a stat and an HMAC per file, and a session may have written many."""
         files = []
-        for path in s.files:
-            stat = store.stat(s.project_id, path)
+        for path in paths:
+            stat = store.stat(project_id, path)
             if stat is None:
                 continue
-            url, exp = signer.sign(s.project_id, path)
+            url, exp = signer.sign(project_id, path)
             files.append(
                 SessionFile(
                     name=path.rsplit("/", 1)[-1], path=path, size=stat.size, download_url=url, expires_at=exp
                 )
             )
-        return SessionFiles(session_id=s.session_id, files=files)
+        return files
 
     @mcp.tool()
-    def check_system_health() -> Health:
+    async def check_system_health() -> Health:
         """Whether AutoCoder is up, its agents, which LLM backs them, and how busy it is."""
         return Health(
             status="ok",
