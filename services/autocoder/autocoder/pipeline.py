@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from autocoder.agents.base import AgentContext, AgentOutput, GeneratedFile, ProjectSpec
 from autocoder.agents.builtin import GENERATORS
@@ -24,13 +25,21 @@ from autocoder.storage import Project, Session, Store, StoredFile, utc_now
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _ProjectLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # sessions holding or waiting for it
+
+
 class Pipeline:
     def __init__(self, store: Store, config: AutoCoderConfig, llm: LLMGenerator | None) -> None:
         self.store = store
         self.config = config
         self.llm = llm
         self._tasks: set[asyncio.Task[None]] = set()
-        self._project_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # A project's lock exists while sessions hold or wait for it: one per project ever seen
+        # would only grow.
+        self._project_locks: dict[str, _ProjectLock] = {}
 
     def start(self, session: Session) -> None:
         task = asyncio.create_task(self._run(session), name=f"session-{session.session_id}")
@@ -44,9 +53,23 @@ class Pipeline:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    @contextlib.asynccontextmanager
+    async def _project_lock(self, project_id: str) -> AsyncIterator[None]:
+        held = self._project_locks.get(project_id)
+        if held is None:
+            held = self._project_locks[project_id] = _ProjectLock()
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._project_locks[project_id]
+
     async def _run(self, session: Session) -> None:
         project = self.store.projects[session.project_id]
-        async with self._project_locks[project.project_id]:
+        async with self._project_lock(project.project_id):
             session.status = "running"
             self.store.add_event(session, f"session started: {', '.join(session.agents)}")
             log.info("session started", extra={"session_id": session.session_id, "agents": session.agents})
