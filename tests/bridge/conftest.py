@@ -12,13 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from devtools.stack import Stack, free_port, port_open
 from wacoder.v1 import bridge_pb2_grpc
 
-from tests.harness import RedisServer, stack_env, start_stack
+from tests.harness import RedisServer, service_channel, stack_env, start_stack
 
 
 class FakeAutoCoder:
@@ -59,8 +58,10 @@ class FakeAutoCoder:
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"http://127.0.0.1:{self.port}/_fake/stats", timeout=5).json()
 
-    def crash_on(self, tool: str) -> None:
-        httpx.post(f"http://127.0.0.1:{self.port}/_fake/crash_on", params={"tool": tool}, timeout=5)
+    def crash_on(self, tool: str, when: str = "before") -> None:
+        """The next call of `tool` kills the process, before or after it did its work."""
+        params = {"tool": tool, "when": when}
+        httpx.post(f"http://127.0.0.1:{self.port}/_fake/crash_on", params=params, timeout=5)
 
     def call_log(self) -> list[str]:
         """Every call received, across restarts (read from the state file, so it works while stopped)."""
@@ -74,7 +75,7 @@ class Bridge:
     def __init__(self, stack: Stack, env: dict[str, str]) -> None:
         self.stack = stack
         self.env = env
-        self.channel = grpc.insecure_channel(env["MCP_BRIDGE_ADDR"])
+        self.channel = service_channel(env["MCP_BRIDGE_ADDR"], env)
         self.stub = bridge_pb2_grpc.McpBridgeServiceStub(self.channel)
 
     def close(self) -> None:

@@ -11,7 +11,10 @@ session advances with wall-clock time: one event every SESSION_STEP_S seconds, t
 With --state, projects, sessions and a log of every call survive a restart (so a test can
 stop AutoCoder in the middle of a session). `POST /_fake/crash_on?tool=NAME` makes the next
 call of that tool kill the process after it was received: a request that reached AutoCoder
-whose answer never came back.
+whose answer never came back; with `&when=after`, after it did its work (and saved it).
+
+create_project and execute_coding_task honour `idempotency_key` as AutoCoder does (ADR 0002):
+a repeat from the same caller returns the first result and creates nothing.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ sessions: dict[str, dict[str, Any]] = {}
 call_log: list[str] = []
 started = time.monotonic()
 state_path: Path | None = None
-crash_on: set[str] = set()
+crash_on: set[tuple[str, str]] = set()  # (tool, "before" | "after" its work)
+idempotency: dict[str, dict[str, Any]] = {}  # "caller tool key" -> the first result
 
 
 def _save() -> None:
     if state_path is not None:
-        state_path.write_text(json.dumps({"projects": projects, "sessions": sessions, "call_log": call_log}))
+        state = {"projects": projects, "sessions": sessions, "call_log": call_log, "idempotency": idempotency}
+        state_path.write_text(json.dumps(state))
 
 
 def _load() -> None:
@@ -67,6 +72,7 @@ def _load() -> None:
         projects.update(state["projects"])
         sessions.update(state["sessions"])
         call_log.extend(state["call_log"])
+        idempotency.update(state.get("idempotency", {}))
 
 
 def _now() -> str:
@@ -92,8 +98,21 @@ def _count(tool: str) -> None:
     calls["_total"] += 1
     call_log.append(tool)
     _save()
-    if tool in crash_on:
+    _maybe_crash(tool, "before")
+
+
+def _maybe_crash(tool: str, when: str) -> None:
+    if (tool, when) in crash_on:
         os._exit(3)
+
+
+def _remembered(caller: str, tool: str, key: str | None) -> dict[str, Any] | None:
+    return idempotency.get(f"{caller} {tool} {key}") if key else None
+
+
+def _remember(caller: str, tool: str, key: str | None, result: dict[str, Any]) -> None:
+    if key:
+        idempotency[f"{caller} {tool} {key}"] = result
 
 
 def _owned_session(session_id: str, caller: str) -> dict[str, Any]:
@@ -104,10 +123,18 @@ def _owned_session(session_id: str, caller: str) -> dict[str, Any]:
 
 
 @mcp.tool()
-def create_project(name: str, ctx: Context, description: str = "") -> dict[str, Any]:  # type: ignore[type-arg]
+def create_project(
+    name: str,
+    ctx: Context,  # type: ignore[type-arg]
+    description: str = "",
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
     """Create a new project."""
     _count("create_project")
     caller = _caller(ctx)
+    first = _remembered(caller, "create_project", idempotency_key)
+    if first is not None:
+        return first
     project = {
         "project_id": uuid.uuid4().hex[:12],
         "name": name,
@@ -115,7 +142,9 @@ def create_project(name: str, ctx: Context, description: str = "") -> dict[str, 
         "created_at": _now(),
     }
     projects[project["project_id"]] = {**project, "caller": caller}
+    _remember(caller, "create_project", idempotency_key, project)
     _save()
+    _maybe_crash("create_project", "after")
     return project
 
 
@@ -134,10 +163,14 @@ def execute_coding_task(
     task: str,
     ctx: Context,  # type: ignore[type-arg]
     agents: list[str] | None = None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """Start a coding session on a project."""
     _count("execute_coding_task")
     caller = _caller(ctx)
+    first = _remembered(caller, "execute_coding_task", idempotency_key)
+    if first is not None:
+        return first
     project = projects.get(project_id)
     if project is None or project["caller"] != caller:
         raise ToolError(f"project {project_id} not found")
@@ -151,8 +184,11 @@ def execute_coding_task(
         "started": time.time(),
         "created_at": _now(),
     }
+    queued = {"session_id": session_id, "project_id": project_id, "status": "queued", "agents": agents}
+    _remember(caller, "execute_coding_task", idempotency_key, queued)
     _save()
-    return {"session_id": session_id, "project_id": project_id, "status": "queued", "agents": agents}
+    _maybe_crash("execute_coding_task", "after")
+    return queued
 
 
 def _events(session: dict[str, Any]) -> list[dict[str, Any]]:
@@ -233,6 +269,15 @@ def check_system_health(ctx: Context) -> dict[str, Any]:  # type: ignore[type-ar
     }
 
 
+@mcp.tool()
+def append_note(text: str, ctx: Context) -> dict[str, Any]:  # type: ignore[type-arg]
+    """A write that knows no idempotency_key (as an older AutoCoder's tools): it ignores one."""
+    _count("append_note")
+    _caller(ctx)
+    _maybe_crash("append_note", "after")
+    return {"text": text}
+
+
 @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
 async def slow_tool(seconds: float, ctx: Context) -> dict[str, Any]:  # type: ignore[type-arg]
     """Sleeps, to exercise the bridge's call timeout."""
@@ -251,7 +296,7 @@ async def stats(_: Request) -> JSONResponse:
 
 @mcp.custom_route("/_fake/crash_on", methods=["POST"])
 async def set_crash_on(request: Request) -> JSONResponse:
-    crash_on.add(request.query_params["tool"])
+    crash_on.add((request.query_params["tool"], request.query_params.get("when", "before")))
     return JSONResponse({"crash_on": sorted(crash_on)})
 
 

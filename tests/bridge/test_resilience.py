@@ -124,6 +124,64 @@ def test_write_lost_in_flight_is_not_retried(bridge_factory: BridgeFactory, fake
     assert not call(bridge, "list_projects", caller).is_error
 
 
+def restart_when_it_dies(fake: FakeAutoCoder) -> threading.Thread:
+    """Brings the fake back on its port once its process has exited (in the background)."""
+
+    def run() -> None:
+        assert fake.proc is not None
+        fake.proc.wait(20)
+        fake.start()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("tool", ["create_project", "execute_coding_task"])
+def test_write_with_an_idempotency_key_is_retried_after_a_lost_answer(
+    bridge_factory: BridgeFactory, fake_factory: Any, tool: str
+) -> None:
+    fake: FakeAutoCoder = fake_factory()
+    # Room for the fake to come back (a second or two) within one call's retries.
+    bridge = bridge_factory(fake.url, MCP_RETRIES="8", MCP_RETRY_BUDGET_S="20", MCP_CALL_TIMEOUT_S="5")
+    caller = new_caller()
+    project = result(call(bridge, "create_project", caller, name="base"))
+    arguments: dict[str, Any] = {"name": "keyed"}
+    if tool == "execute_coding_task":
+        arguments = {"project_id": project["project_id"], "task": "build it"}
+    arguments["idempotency_key"] = "SM0123456789abcdef0123456789abcdef:" + tool + ":0"
+    sent_before = fake.call_log().count(tool)
+    # AutoCoder does the work, then dies before answering: the bridge cannot know it ran.
+    fake.crash_on(tool, when="after")
+    restarter = restart_when_it_dies(fake)
+    first = result(call(bridge, tool, caller, timeout=30, **arguments))
+    restarter.join(20)
+    # Sent again (the key makes that safe); AutoCoder answered with what it did the first time.
+    assert fake.call_log().count(tool) - sent_before == 2
+    assert result(call(bridge, tool, caller, **arguments)) == first
+    if tool == "create_project":
+        names = sorted(p["name"] for p in result(call(bridge, "list_projects", caller))["projects"])
+        assert names == ["base", "keyed"]
+    else:
+        assert first["project_id"] == project["project_id"] and first["session_id"]
+
+
+def test_same_key_without_schema_support_is_not_retried(
+    bridge_factory: BridgeFactory, fake_factory: Any
+) -> None:
+    """A key on a tool whose schema does not declare it proves nothing: not retried."""
+    fake: FakeAutoCoder = fake_factory()
+    bridge = bridge_factory(fake.url, MCP_RETRIES="8", MCP_RETRY_BUDGET_S="20")
+    caller = new_caller()
+    assert not call(bridge, "list_projects", caller).is_error
+    fake.crash_on("append_note", when="after")
+    with pytest.raises(grpc.RpcError) as err:
+        call(bridge, "append_note", caller, text="hello", idempotency_key="k-1")
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "may or may not have run" in (err.value.details() or "")
+    assert fake.call_log().count("append_note") == 1
+
+
 def test_watch_survives_a_blip(bridge_factory: BridgeFactory, fake_factory: Any) -> None:
     fake: FakeAutoCoder = fake_factory()
     bridge = bridge_factory(fake.url)

@@ -4,8 +4,10 @@ the MCP result into JSON.
 Retry rule: a transient failure (connection refused, session dropped) is retried with
 exponential backoff and jitter, up to `retries` more attempts and within a time budget,
 unless the tool is not idempotent and the request may already have reached AutoCoder
-(a second create_project would create a second project). A timeout is never retried: the
-tool may still be running, and the caller's patience is already spent.
+(a second create_project would create a second project). A call that carries an
+`idempotency_key` is idempotent when the tool's schema declares that argument: AutoCoder
+answers a repeat with the first result (ADR 0002). A timeout is never retried: the tool may
+still be running, and the caller's patience is already spent.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger("mcp_bridge.tool_calls")
 IDEMPOTENT_TOOLS = frozenset(
     {"list_projects", "get_session_details", "get_session_files", "check_system_health"}
 )
+# The argument that makes a repeat of a creating tool return the first result (ADR 0002).
+IDEMPOTENCY_KEY = "idempotency_key"
 
 
 class Unavailable(Exception):
@@ -82,13 +86,19 @@ class ToolCaller:
         self.backoff_base_s = backoff_base_s
         self.retry_budget_s = retry_budget_s
 
-    def is_idempotent(self, name: str) -> bool:
+    def is_idempotent(self, name: str, arguments: dict[str, Any]) -> bool:
         if name in IDEMPOTENT_TOOLS:
             return True
+        tool = next((t for t in self.session.tools or [] if t.name == name), None)
+        if tool is None:
+            return False
+        key = arguments.get(IDEMPOTENCY_KEY)
+        # Only if the tool knows the argument: an older server would ignore it and run twice.
+        if isinstance(key, str) and key and IDEMPOTENCY_KEY in tool.inputSchema.get("properties", {}):
+            return True
         # Beyond the known six, trust the server's own hints about its tools.
-        for tool in self.session.tools or []:
-            if tool.name == name and tool.annotations is not None:
-                return bool(tool.annotations.readOnlyHint or tool.annotations.idempotentHint)
+        if tool.annotations is not None:
+            return bool(tool.annotations.readOnlyHint or tool.annotations.idempotentHint)
         return False
 
     async def call(self, name: str, arguments: dict[str, Any], caller: str) -> ToolOutcome:
@@ -102,7 +112,7 @@ class ToolCaller:
             verdict_given = True
             if isinstance(exc, CallTimeout):
                 raise CallTimeout(f"AutoCoder did not answer {name} within {self.timeout_s:g} s") from exc
-            if exc.may_have_reached and not self.is_idempotent(name):
+            if exc.may_have_reached and not self.is_idempotent(name, arguments):
                 raise Unavailable(
                     f"the connection to AutoCoder was lost during {name}; it may or may not "
                     f"have run, check before retrying ({exc})"
@@ -125,7 +135,7 @@ class ToolCaller:
             except ProtocolError as exc:
                 return ToolOutcome(None, True, str(exc))
             except TransportFailure as exc:
-                retryable = not exc.may_have_reached or self.is_idempotent(name)
+                retryable = not exc.may_have_reached or self.is_idempotent(name, arguments)
                 delay = self.backoff_base_s * 2**attempt * (0.5 + random.random() / 2)
                 out_of_budget = time.monotonic() - started + delay > self.retry_budget_s
                 if not retryable or attempt >= self.retries or out_of_budget:
