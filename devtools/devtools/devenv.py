@@ -49,7 +49,9 @@ def generated_secret(variable: str) -> str:
 def dev_defaults(env: dict[str, str]) -> dict[str, str]:
     """The embedded defaults for whatever `env` leaves unset (Redis is decided by run.py)."""
     defaults: dict[str, str] = {"WACODER_ENV": "development"}
-    defaults |= {variable: generated_secret(variable) for variable in GENERATED_SECRETS if variable not in env}
+    defaults |= {
+        variable: generated_secret(variable) for variable in GENERATED_SECRETS if variable not in env
+    }
     if "TWILIO_ACCOUNT_SID" not in env:
         # No Twilio account: replies go to `make chat`, which plays Twilio's Messages API.
         defaults |= {

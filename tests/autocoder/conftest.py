@@ -44,7 +44,8 @@ class AutoCoderServer:
             "AUTOCODER_PORT": str(self.port),
             "AUTOCODER_DATA_DIR": str(self.data_dir),
             "AUTOCODER_SIGNING_KEY": SIGNING_KEY,
-            "PHONE_HASH_SALT": "test-phone-hash-salt",
+            # A developer's AutoCoder: /mcp open unless a test gives AUTOCODER_API_KEY.
+            "WACODER_ENV": "development",
             # Its /livez and /readyz port: one per server, several run at once.
             "AUTOCODER_METRICS_PORT": str(free_port()),
             **env,

@@ -42,11 +42,8 @@ def _bearer(token: str) -> tuple[str, str]:
     return ("authorization", f"Bearer {token}")
 
 
-class _TokenClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-):
-    """Adds the service token to every call of a channel."""
+class _TokenClient:
+    """Adds the service token to a call's metadata."""
 
     def __init__(self, token: str) -> None:
         self._metadata = _bearer(token)
@@ -57,9 +54,14 @@ class _TokenClientInterceptor(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# One class per call shape: a channel files each interceptor under the first shape it matches.
+class _TokenUnaryUnary(_TokenClient, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
 
+
+class _TokenUnaryStream(_TokenClient, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
 
@@ -114,7 +116,8 @@ def _tls_files(settings: Settings) -> tuple[bytes, bytes, bytes] | None:
 
 def channel(target: str, settings: Settings) -> grpc.aio.Channel:
     """A channel to another of our services: it carries the service token, over mTLS if set."""
-    interceptors = [_TokenClientInterceptor(settings.secret("service_token"))]
+    token = settings.secret("service_token")
+    interceptors: list[grpc.aio.ClientInterceptor] = [_TokenUnaryUnary(token), _TokenUnaryStream(token)]
     tls = _tls_files(settings)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=interceptors)

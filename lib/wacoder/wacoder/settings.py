@@ -25,7 +25,7 @@ SERVICE_SECRETS: dict[str, tuple[Secret, ...]] = {
     "webhook": ("twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token"),
     "agent": ("phone_hash_salt", "state_encryption_key", "service_token"),
     "notifier": ("twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token"),
-    "mcp-bridge": ("phone_hash_salt", "service_token", "autocoder_api_key"),
+    "mcp-bridge": ("phone_hash_salt", "state_encryption_key", "service_token", "autocoder_api_key"),
     "autocoder": ("phone_hash_salt", "autocoder_api_key"),
 }
 
@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     twilio_whatsapp_number: str = "whatsapp:+14155238886"
     twilio_api_base_url: str = "https://api.twilio.com"
     public_base_url: str = "http://127.0.0.1:8000"
+    # Comma-separated addresses of reverse proxies whose X-Forwarded-* headers the webhook
+    # believes; unset: nobody's.
+    trusted_proxies: str | None = None
 
     # Comma-separated E.164 numbers; "*" allows everybody; empty allows nobody.
     allowed_phone_numbers: str = ""

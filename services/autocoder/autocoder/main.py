@@ -20,7 +20,7 @@ from mcp.server.fastmcp import FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
-from wacoder.settings import Settings
+from wacoder.settings import Settings, service_settings
 
 from autocoder.agents.llm import LLMGenerator
 from autocoder.agents.selection import PIPELINE_ORDER
@@ -91,6 +91,7 @@ def build(settings: Settings, config: AutoCoderConfig) -> tuple[Any, Store]:
         await store.close()
         log.info("autocoder stopped")
 
+    # Required in production (require_secrets); in development an unset key leaves /mcp open.
     api_key = settings.autocoder_api_key.get_secret_value() if settings.autocoder_api_key else None
     app = build_app(mcp, store, signer, health, api_key, on_shutdown)
     return app, store
@@ -114,7 +115,7 @@ class _Server(uvicorn.Server):
 
 
 def main() -> None:
-    settings = Settings()
+    settings = service_settings("autocoder")
     config = AutoCoderConfig()
     setup_logging(settings, "autocoder")
     app, _ = build(settings, config)

@@ -9,6 +9,7 @@ Which results are cached, for how long, and what invalidates them:
     files. The TTL is also cut short so a cached download_url is never served past its
     expires_at.
 A cache is an optimisation: when Redis fails, the call goes to AutoCoder as if nothing was cached.
+Results hold the user's project names and descriptions: they are stored encrypted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from wacoder import keys
+from wacoder.crypto import InvalidToken, StateCipher
 
 log = logging.getLogger("mcp_bridge.cache")
 
@@ -38,8 +40,9 @@ class CacheSlot:
 
 
 class ResultCache:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, cipher: StateCipher) -> None:
         self.redis = redis
+        self.cipher = cipher
 
     async def slot_for(self, name: str, arguments: dict[str, Any], caller: str) -> CacheSlot | None:
         """Where this call's result is cached, or None when it must not be."""
@@ -54,13 +57,19 @@ class ResultCache:
         return None
 
     async def get(self, slot: CacheSlot) -> str | None:
+        """The cached result as JSON text, or None (a value written under a retired key too)."""
         value = await self._safe(self.redis.get(slot.key))
-        return value if isinstance(value, str) else None
+        if not isinstance(value, str):
+            return None
+        try:
+            return self.cipher.decrypt(value)
+        except InvalidToken:
+            return None
 
     async def put(self, slot: CacheSlot, result: Any) -> None:
         ttl = min(slot.ttl_s, _url_lifetime_s(result))
         if ttl > 0:
-            await self._safe(self.redis.set(slot.key, json.dumps(result), ex=ttl))
+            await self._safe(self.redis.set(slot.key, self.cipher.encrypt(json.dumps(result)), ex=ttl))
 
     async def after_call(self, name: str, arguments: dict[str, Any], caller: str, result: Any) -> None:
         """Invalidation and bookkeeping once a call has been made (whatever its outcome)."""

@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 import httpx
+from wacoder.crypto import StateCipher
 from wacoder.grpc import serve
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
@@ -30,7 +31,8 @@ SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["McpBridgeService"].full_n
 
 async def run(settings: BridgeSettings) -> None:
     redis = connect(settings)
-    api_key = settings.secret("autocoder_api_key")
+    # Required in production (require_secrets); a development AutoCoder may run without one.
+    api_key = settings.autocoder_api_key.get_secret_value() if settings.autocoder_api_key else None
     session = McpSession(
         settings.autocoder_mcp_url,
         api_key=api_key,
@@ -50,7 +52,7 @@ async def run(settings: BridgeSettings) -> None:
         session,
         breaker,
         tools,
-        ResultCache(redis),
+        ResultCache(redis, StateCipher.from_settings(settings)),
         watch_poll_interval_s=settings.watch_poll_interval_s,
         watch_max_outage_s=settings.watch_max_outage_s,
     )

@@ -72,6 +72,10 @@ def main() -> None:
         port=settings.webhook_port,
         log_config=None,
         access_log=False,
+        # X-Forwarded-For/-Proto only from the proxies we were told about (none by default);
+        # signatures never depend on them: they are checked over PUBLIC_BASE_URL.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or "",
     )
 
 

@@ -56,7 +56,7 @@ async def whatsapp(request: Request) -> Response:
         form = await read_form(request)
         if not deps.signatures.is_valid(request, form):
             REQUESTS.labels("bad_signature").inc()
-            return _plain(403, "invalid signature")
+            return _plain(403, "forbidden")
         message = inbound_message(form)
     except FormRejected as rejected:
         REQUESTS.labels("bad_request").inc()
@@ -104,7 +104,7 @@ async def status(request: Request) -> Response:
     try:
         form = await read_form(request)
         if not deps.signatures.is_valid(request, form):
-            return _plain(403, "invalid signature")
+            return _plain(403, "forbidden")
         required(form, "MessageSid", "MessageStatus")
     except FormRejected as rejected:
         return _plain(rejected.status, rejected.reason)
