@@ -23,7 +23,8 @@ from tests.harness import RedisServer, service_channel, stack_env, start_stack
 class FakeAutoCoder:
     """tests/bridge/fake_autocoder.py as a process that can be stopped and restarted on its port."""
 
-    def __init__(self) -> None:
+    def __init__(self, step_s: float = 0.35) -> None:
+        self.step_s = step_s  # one session event every step_s seconds
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -42,6 +43,8 @@ class FakeAutoCoder:
                 str(self.port),
                 "--state",
                 str(self.state),
+                "--step-seconds",
+                str(self.step_s),
             ]
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20

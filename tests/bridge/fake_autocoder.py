@@ -6,7 +6,7 @@ It speaks the six AutoCoder tools with the reference server's shapes, scopes eve
 `GET /_fake/stats` so a test can prove a call never reached it (breaker open). A coding
 session advances with wall-clock time: one event every SESSION_STEP_S seconds, then ends.
 
-    python -m tests.bridge.fake_autocoder --port 8765 [--state state.json]
+    python -m tests.bridge.fake_autocoder --port 8765 [--state state.json] [--step-seconds 0.35]
 
 With --state, projects, sessions and a log of every call survive a restart (so a test can
 stop AutoCoder in the middle of a session). `POST /_fake/crash_on?tool=NAME` makes the next
@@ -46,6 +46,7 @@ SESSION_STEPS: list[tuple[str, str, str, str, int]] = [
     ("succeeded", "tester", "done", "all tests passed", 100),
 ]
 SESSION_STEP_S = 0.35
+step_s = SESSION_STEP_S
 
 mcp = FastMCP("fake-autocoder")
 calls: Counter[str] = Counter()
@@ -192,7 +193,7 @@ def execute_coding_task(
 
 
 def _events(session: dict[str, Any]) -> list[dict[str, Any]]:
-    steps = int((time.time() - session["started"]) / SESSION_STEP_S)
+    steps = int((time.time() - session["started"]) / step_s)
     return [
         {
             "seq": i + 1,
@@ -304,9 +305,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state", type=Path)
+    parser.add_argument("--step-seconds", type=float, default=SESSION_STEP_S)
     args = parser.parse_args()
-    global state_path
+    global state_path, step_s
     state_path = args.state
+    step_s = args.step_seconds
     _load()
     mcp.settings.host = "127.0.0.1"
     mcp.settings.port = args.port

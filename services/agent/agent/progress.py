@@ -152,10 +152,12 @@ class ProgressRelay:
 
         async def read() -> None:
             after = int(watch["after"])
-            async for event in self.autocoder.watch(watch["caller"], session_id, after, outage.end):
-                outage.end()
-                await events.put(event)
-            await events.put(None)
+            try:
+                async for event in self.autocoder.watch(watch["caller"], session_id, after, outage.end):
+                    outage.end()
+                    await events.put(event)
+            finally:
+                await events.put(None)  # ended or failed: the loop below asks the reader which
 
         reader = asyncio.create_task(read())
         pending: list[bridge_pb2.SessionEvent] = []
