@@ -1,5 +1,5 @@
 """The operations HTTP port a service serves beside its real work: `/livez` (the process is
-alive), `/readyz` (it can do its job now) and, later, `/metrics` (ARCHITECTURE.md: agent 9101,
+alive), `/readyz` (it can do its job now) and, later, `/metrics` (docs/architecture.md: agent 9101,
 mcp-bridge 9102, notifier 9103, AutoCoder 9104).
 
 Plain asyncio streams, no framework: GET or HEAD, one request per connection, a table of
