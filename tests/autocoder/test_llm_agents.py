@@ -239,10 +239,11 @@ async def test_failing_llm_tests_fail_the_session(fake_llm: FakeLLM, llm_autocod
 
 # Generated tests that leave processes behind: one in pytest's process group, one detached
 # (its own session) that keeps pytest's stdout open for 20 s (`-s`: no capture, so the
-# children get pytest's own stdout). And the memory limit applies.
-SANDBOX_TESTS = """import resource
+# children get pytest's own stdout). Their durations tell them apart in the host's process
+# list (the jail's PIDs mean nothing outside it). And the memory limit applies.
+CHILD_SLEEP, DETACHED_SLEEP = "20.0417", "20.0419"
+SANDBOX_TESTS = f"""import resource
 import subprocess
-from pathlib import Path
 
 
 def test_the_memory_limit_applies() -> None:
@@ -250,18 +251,23 @@ def test_the_memory_limit_applies() -> None:
 
 
 def test_leaves_processes_behind() -> None:
-    child = subprocess.Popen(["sleep", "20"])
-    detached = subprocess.Popen(["sleep", "20"], start_new_session=True)
-    Path("pids.txt").write_text(f"{child.pid} {detached.pid}")
+    subprocess.Popen(["sleep", "{CHILD_SLEEP}"])
+    subprocess.Popen(["sleep", "{DETACHED_SLEEP}"], start_new_session=True)
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status  # a zombie is dead, whoever has yet to reap it
+def sleeping(duration: str) -> list[int]:
+    """Live `sleep <duration>` processes on this machine (a zombie is dead already)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")[:2]
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        if argv == [b"sleep", duration.encode()] and "\nState:\tZ" not in status:
+            pids.append(int(proc.name))
+    return pids
 
 
 async def test_the_sandbox_waits_for_pytest_only_and_kills_what_it_left(
@@ -284,11 +290,11 @@ async def test_the_sandbox_waits_for_pytest_only_and_kills_what_it_left(
     assert details["test_results"]["passed"] == 2, details["test_results"]
     # Not held up by the detached process that still has pytest's output open...
     assert elapsed < 15, elapsed
-    pids = llm_autocoder.data_dir / "projects" / details["project_id"] / "pids.txt"
-    child = int(pids.read_text().split()[0])
-    # ...and what the tests left in their process group did not outlive them (the detached one
-    # is out of reach: it ends on its own).
-    assert not alive(child)
+    # ...and what the tests left in their process group did not outlive them. In the jail the
+    # detached one died too (with the jail's PID namespace); without it, it ends on its own.
+    assert sleeping(CHILD_SLEEP) == []
+    if "generated tests run in a bubblewrap jail" in llm_autocoder.log_path.read_text():
+        assert sleeping(DETACHED_SLEEP) == []
 
 
 async def test_garbage_answers_fall_back_to_the_builtin_generators(

@@ -30,9 +30,18 @@ class AutoCoderConfig(BaseSettings):
     # "auto": the agents prompt the LLM when OPENAI_API_KEY is set; "builtin": never (the
     # built-in generators), e.g. when the key is meant for the conversation agent only.
     llm: Literal["auto", "builtin"] = "auto"
-    # The tester agent's sandbox: wall clock and address-space limit of one pytest run.
+    # The tester agent's sandbox (docs/adr/0005-sandbox.md). "auto": the bubblewrap jail when
+    # it works here; without it development runs tests unjailed (with a warning) and production
+    # refuses to run them. "bwrap": the jail or no test run. "none": never the jail.
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    # Limits of one pytest run: wall clock (then the whole jail is killed; also the CPU seconds
+    # per process), address space per process, processes and threads in the jail, the largest
+    # file, and the size of each writable tmpfs in the jail (/project, /tmp).
     test_timeout_s: float = 60.0
     test_memory_mb: int = 2048
+    test_max_processes: int = 128
+    test_file_size_mb: int = 64
+    test_disk_mb: int = 256
     # The journal is folded into the index snapshot at start and once it has this many records.
     journal_max_records: int = 10_000
     # Idempotency keys of create_project / execute_coding_task: how long, and how many at most.
