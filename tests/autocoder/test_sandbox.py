@@ -569,6 +569,7 @@ def test_host_listener() -> None:
     results = details["test_results"]
     assert (results["passed"], results["errors"]) == (0, 1), results
     assert "tests exceeded the time limit (6 s)" in results["output_tail"]
+    assert "tests did not pass (tests exceeded the time limit" in details["summary"]
 
     # AutoCoder keeps serving: a sound project's tests pass, in the jail.
     details = await llm_session(fake_llm, jailed_autocoder, "sound", CALC_TESTS)

@@ -93,6 +93,7 @@ class Pipeline:
         spec = self._spec_for(project, session)
         total = len(session.agents)
         tests_ok = True
+        stopped_because = ""  # what the sandbox says stopped the test run, if anything
         for index, agent in enumerate(session.agents):
             session.agent_status[agent] = "running"
             self.store.add_event(session, f"{agent} started", agent, "running")
@@ -123,6 +124,7 @@ class Pipeline:
                     self.config.test_memory_mb,
                 )
                 session.test_results = results.as_dict()
+                stopped_because = results.note
                 tests_ok = results.failed == 0 and results.errors == 0 and results.passed > 0
                 status = "done" if tests_ok else "failed"
                 message = (
@@ -136,8 +138,12 @@ class Pipeline:
         if tests_ok:
             self._finish(session, "succeeded", f"{len(session.files)} file(s) written: {names}")
         else:
+            # Why, when the sandbox stopped the run (time limit, a limit hit, no jail): the user asks.
+            why = f" ({stopped_because})" if stopped_because else ""
             self._finish(
-                session, "failed", f"tests did not pass; {len(session.files)} file(s) written: {names}"
+                session,
+                "failed",
+                f"tests did not pass{why}; {len(session.files)} file(s) written: {names}",
             )
 
     def _look_around(self, project_id: str) -> tuple[list[str], bool]:
