@@ -227,7 +227,8 @@ def test_chaos_every_accepted_message_is_answered_exactly_once_in_order(
     async def count_at_autocoder() -> dict[str, tuple[int, int]]:
         salt = env["PHONE_HASH_SALT"]
         counts = {}
-        async with mcp_client(env["AUTOCODER_MCP_URL"]) as session:
+        bearer = {"Authorization": f"Bearer {env['AUTOCODER_API_KEY']}"}
+        async with mcp_client(env["AUTOCODER_MCP_URL"], bearer) as session:
             for phone in phones:
                 result = await session.call_tool(
                     "list_projects", {}, meta={"caller": phone_hash(phone, salt)}

@@ -576,7 +576,8 @@ def test_host_listener() -> None:
     assert details["status"] == "succeeded", details
     assert details["test_results"]["passed"] == 3
     async with mcp_client(jailed_autocoder.mcp_url) as s:
-        assert (await call(s, "check_system_health"))["status"] == "ok"
+        health = await call(s, "check_system_health")
+        assert health["status"] == "ok" and health["sandbox"] == "bwrap"
     log = jailed_autocoder.log_path.read_text()
     assert log.count("generated tests run in a bubblewrap jail") == 1
 
@@ -584,15 +585,17 @@ def test_host_listener() -> None:
 PRODUCTION = {"WACODER_ENV": "production", "PHONE_HASH_SALT": "salt-of-the-sandbox-tests"}
 
 
-async def builtin_session(server: AutoCoderServer, api_key: str) -> dict[str, Any]:
+async def builtin_session(server: AutoCoderServer, api_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A session's details, and AutoCoder's health after it."""
     async with mcp_client(server.mcp_url, {"Authorization": f"Bearer {api_key}"}) as s:
         project_ = await call(s, "create_project", name="todo")
         queued = await call(
             s, "execute_coding_task", project_id=project_["project_id"], task="build a todo API"
         )
         details = await wait_finished(s, queued["session_id"], timeout_s=60)
-        assert (await call(s, "check_system_health"))["status"] == "ok"
-    return details
+        health = await call(s, "check_system_health")
+        assert health["status"] == "ok"
+    return details, health
 
 
 @pytest.mark.parametrize("sandbox", ["auto", "none"])
@@ -610,7 +613,7 @@ async def test_production_without_bubblewrap(sandbox: str) -> None:
         PATH=str(bare_path),  # no bwrap here
     ).start()
     try:
-        details = await builtin_session(server, api_key)
+        details, health = await builtin_session(server, api_key)
     finally:
         assert server.stop() == 0
         log = server.log_path.read_text()
@@ -623,7 +626,9 @@ async def test_production_without_bubblewrap(sandbox: str) -> None:
         assert "generated tests were not run" in details["summary"]
         assert "WACODER_ENV=production" in details["summary"]
         assert "refused" in log
+        assert health["sandbox"] == "refused"  # an operator sees it without reading logs
     else:
         assert details["status"] == "succeeded", details
         assert details["test_results"]["passed"] >= 3
         assert "AUTOCODER_SANDBOX=none" in log
+        assert health["sandbox"] != "bwrap"

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from autocoder.agents.selection import PIPELINE_ORDER, UnknownAgentError, order_agents, select_agents
 from autocoder.config import VERSION
 from autocoder.pipeline import Pipeline
+from autocoder.sandbox import SandboxUnavailableError, isolation, policy_from_environment
 from autocoder.signing import UrlSigner
 from autocoder.storage import NotFoundError, Session, Store
 
@@ -122,6 +123,10 @@ class Health(BaseModel):
     llm: Literal["openai", "builtin"]
     active_sessions: int
     uptime_s: float
+    sandbox: str = Field(
+        description='where generated tests run: "bwrap" (the jail), "unshare" or "socket-guard" '
+        '(development fallbacks), or "refused" (no jail, and this deployment requires one)'
+    )
 
 
 def caller_of(ctx: Context[Any, Any, Any]) -> str:
@@ -273,6 +278,10 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
     @mcp.tool()
     async def check_system_health() -> Health:
         """Whether AutoCoder is up, its agents, which LLM backs them, and how busy it is."""
+        try:
+            sandbox: str = await isolation(policy_from_environment())  # probed once, then remembered
+        except SandboxUnavailableError:
+            sandbox = "refused"
         return Health(
             status="ok",
             version=VERSION,
@@ -280,4 +289,5 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
             llm=llm_kind,  # type: ignore[arg-type]
             active_sessions=store.active_sessions(),
             uptime_s=round(time.monotonic() - started, 1),
+            sandbox=sandbox,
         )
