@@ -73,3 +73,22 @@ def stack(env: dict[str, str]) -> Iterator[Stack]:
 def new_user(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Callable[[], Conversation]:
     """A fresh WhatsApp user (a number nobody used before in this test run)."""
     return lambda: Conversation(env, twilio_sim, f"+1555{next(_phones):07d}")
+
+
+# Modules that run in-process (no service, Redis or browser of their own): everything else starts
+# real processes and is marked `e2e`, so `pytest -m "not e2e"` is the quick loop while editing and
+# `pytest -m e2e` (or one module) runs the slow part alone.
+IN_PROCESS = {
+    "tests/agent/test_router.py",
+    "tests/autocoder/test_journal.py",
+    "tests/autocoder/test_bounded.py",
+    "tests/test_protos.py",
+    "tests/test_twiml.py",
+    "tests/test_whatsapp_text.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(config.rootpath).as_posix() not in IN_PROCESS:
+            item.add_marker(pytest.mark.e2e)
