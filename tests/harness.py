@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,6 +155,10 @@ def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, st
         "PHONE_HASH_SALT": "test-phone-hash-salt",
         "SERVICE_TOKEN": "test-service-token",
         "AUTOCODER_API_KEY": "test-autocoder-key",
+        # Where bubblewrap is missing (a bare developer machine) the stacks' AutoCoder runs the
+        # generated tests unjailed instead of refusing them; the jail itself is the subject of
+        # tests/autocoder/test_sandbox.py, which is skipped there.
+        "AUTOCODER_SANDBOX": "auto" if shutil.which("bwrap") else "none",
     }
     env.update(overrides)
     return env
