@@ -138,6 +138,19 @@ class Settings(BaseSettings):
     # agent: how long a progress relay waits through one AutoCoder outage before telling the user.
     progress_give_up_after_s: float = 600.0
 
+    # Scale-out (docs/adr/0007-scale-out.md). The inbox and outbox are STREAM_SHARDS streams by
+    # user hash; every replica of a service owns some shards through a lease in Redis that it
+    # renews, and a dead replica's shards are taken over once its leases expire.
+    stream_shards: int = 16
+    shard_lease_ttl_ms: int = 6_000
+    # This process among its service's replicas: unset, the hostname (the pod name). Stable
+    # across restarts of the same pod, so a restarted replica takes its own shards back at once.
+    replica_id: str | None = None
+    # A write that Twilio's 200 depends on waits until this many replicas have it (WAIT), when
+    # the Redis node has replicas at all; past the timeout the webhook answers 503.
+    redis_wait_replicas: int = 1
+    redis_wait_timeout_ms: int = 500
+
     def secret(self, name: Secret) -> str:
         """The secret's value; in development a public fallback when unset, in production
         MissingSecret (a service checks its secrets at start, see `service_settings`)."""
