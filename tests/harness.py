@@ -186,9 +186,15 @@ def service_channel(addr: str, env: Mapping[str, str]) -> grpc.Channel:
 
 
 def start_stack(
-    env: Mapping[str, str], services: Iterable[str] | None = None, log_dir: Path | None = None
+    env: Mapping[str, str],
+    services: Iterable[str] | None = None,
+    log_dir: Path | None = None,
+    replicas: int = 1,
 ) -> Stack:
-    stack = Stack(env, services, log_dir=log_dir or Path(tempfile.mkdtemp(prefix="wacoder-logs-")))
+    """The stack of `env`, started and ready; `replicas` processes each of the agent, mcp-bridge
+    and notifier (see devtools.stack)."""
+    logs = log_dir or Path(tempfile.mkdtemp(prefix="wacoder-logs-"))
+    stack = Stack(env, services, log_dir=logs, replicas=replicas)
     stack.start()
     return stack
 

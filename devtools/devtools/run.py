@@ -3,6 +3,9 @@
 Ctrl-C or SIGTERM stops them all cleanly. A service that dies, or whose /livez stops
 answering, is restarted (with backoff), as Kubernetes would restart its container; changes of
 a service's /readyz are reported.
+
+REPLICAS=N runs N processes each of the agent, mcp-bridge and notifier (the others dial them
+all, round robin); each replica is supervised and restarted on its own.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 
 from devtools.devenv import GENERATED_SECRETS, RUN_DIR, chat_phone, configured, dev_defaults
 from devtools.embedded_redis import EmbeddedRedis
-from devtools.stack import Stack
+from devtools.stack import REPLICATED, Stack
 
 RESTART_BACKOFF_MAX_S = 30.0
 # A live process answers /livez at once; one that has not for this long is hung (a blocked
@@ -27,8 +30,17 @@ def say(text: str) -> None:
     print(f"[make run] {text}", flush=True)
 
 
+def replicas(env: dict[str, str]) -> int:
+    """REPLICAS: processes per gRPC service (agent, mcp-bridge, notifier); 1 unless set."""
+    value = env.get("REPLICAS", "").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"[make run] REPLICAS must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def main() -> None:
     env = configured()
+    count = replicas(env)
     overrides = dev_defaults(env)
     redis: EmbeddedRedis | None = None
     if "REDIS_URL" not in env:
@@ -45,15 +57,19 @@ def main() -> None:
 
     log_dir = RUN_DIR / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(env, log_dir=log_dir)
+    stack = Stack(env, log_dir=log_dir, replicas=count)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
+        if count > 1:
+            say(f"REPLICAS={count}: {count} processes each of {', '.join(REPLICATED)}, called round robin")
         stack.start()
+        width = max(11, *(len(name) for name in stack.processes))
         for name, process in stack.processes.items():
+            pid = process.proc.pid if process.proc else "?"
             say(
-                f"{name:<11} pid {process.proc.pid if process.proc else '?'} on {process.host}:{process.port}"
+                f"{name:<{width}} pid {pid} on {process.host}:{process.port}"
                 f", health http://{process.health_host}:{process.health_port}/readyz"
             )
         say("all services ready (/readyz 200); a hung or dead one is restarted")

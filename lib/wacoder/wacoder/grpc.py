@@ -6,12 +6,17 @@ Trust between services: every call carries SERVICE_TOKEN (metadata `authorizatio
 <token>`, added by a client interceptor), and every server checks it in constant time (a server
 interceptor) and answers UNAUTHENTICATED otherwise; only the standard health service stays open,
 for probes. With GRPC_TLS_CERT/GRPC_TLS_KEY/GRPC_TLS_CA set, channels are mutual TLS as well.
+
+Several replicas of a service: a client's target may name all of them (a comma-separated list of
+addresses, or a `dns:///` name that resolves to every one); calls are then balanced round robin on
+the client side (see `channel`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
@@ -34,6 +39,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+# Spreads calls over every address a target resolves to, skipping the ones that are down.
+_ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
 # Open without the token: probes and load balancers ask these.
 _OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -114,16 +121,78 @@ def _tls_files(settings: Settings) -> tuple[bytes, bytes, bytes] | None:
     return cert, key, ca
 
 
+def channel_target(target: str) -> tuple[str, list[tuple[str, str | int]]]:
+    """The gRPC target and the extra channel options `channel` uses for `target`.
+
+    - `host:port` (or any other single target): unchanged, no extra options, as ever.
+    - `dns:///name:port` (a Kubernetes headless Service): unchanged, balanced round robin over
+      every address the name resolves to (re-resolved when a connection drops, at most every 30 s).
+    - `ip:port,ip:port,...` (IPv6 in brackets: `[::1]:50051`), or gRPC's own `ipv4:...` /
+      `ipv6:...`: one channel over all of them, round robin. Its authority (the `:authority`
+      header, and the name the TLS certificate is checked against) is the first address, as if
+      only that one had been named: every replica's certificate must be valid for it. Host names
+      cannot be listed (a list is never re-resolved: give one `dns:///` name), nor IPv4 mixed
+      with IPv6 (one channel, one family): ValueError.
+    """
+    if target.startswith("dns:"):
+        return target, [_ROUND_ROBIN]
+    scheme, _, listed = target.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        if "," not in target:
+            return target, []
+        listed = target
+    addresses = [a.strip() for a in listed.split(",") if a.strip()]
+    if not addresses:
+        raise ValueError(f"gRPC target {target!r} names no address")
+    if len(addresses) == 1 and scheme not in ("ipv4", "ipv6"):
+        return addresses[0], []
+    families = {_ip_family(address, target) for address in addresses}
+    if len(families) > 1:
+        raise ValueError(f"gRPC target {target!r} mixes IPv4 and IPv6; list one family")
+    # Without the override the authority would be the whole list, which no certificate names.
+    options: list[tuple[str, str | int]] = [_ROUND_ROBIN, ("grpc.default_authority", addresses[0])]
+    return f"{families.pop()}:{','.join(addresses)}", options
+
+
+def _ip_family(address: str, target: str) -> str:
+    """`ipv4` or `ipv6` for one `ip:port` of a list; ValueError for anything else."""
+    if address.startswith("["):
+        host, separator, port = address[1:].partition("]:")
+    else:
+        host, separator, port = address.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host) if separator else None
+    except ValueError:
+        ip = None
+    if not (separator and port.isdigit() and 0 < int(port) < 65536):
+        problem = "is not ip:port"
+    elif ip is None:
+        problem = "is not an IP address: list IPs, or give one dns:///name:port naming every replica"
+    elif ip.version == 6 and not address.startswith("["):
+        problem = "is IPv6 without brackets: write [::1]:50051"
+    else:
+        return f"ipv{ip.version}"
+    raise ValueError(f"gRPC target {target!r}: {address!r} {problem}")
+
+
 def channel(target: str, settings: Settings) -> grpc.aio.Channel:
-    """A channel to another of our services: it carries the service token, over mTLS if set."""
+    """A channel to another of our services: it carries the service token, over mTLS if set.
+
+    `target` is one `host:port`, or every replica of the service: `ip:port,ip:port,...` or
+    `dns:///name:port`, with calls balanced round robin over the replicas that are up (see
+    `channel_target`). A replica that dies drops out of the rotation (and rejoins when it is back);
+    a call that was already on it fails UNAVAILABLE, which the callers retry.
+    """
+    target, options = channel_target(target)
+    options = _CHANNEL_OPTIONS + options
     token = settings.secret("service_token")
     interceptors: list[grpc.aio.ClientInterceptor] = [_TokenUnaryUnary(token), _TokenUnaryStream(token)]
     tls = _tls_files(settings)
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     cert, key, ca = tls
     credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    return grpc.aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
 def listen_address(addr: str, settings: Settings) -> str:
