@@ -19,11 +19,14 @@ import httpx
 from devtools.embedded_redis import redis_server_binary
 from devtools.stack import Stack, free_port, port_open
 from twilio.request_validator import RequestValidator
+from wacoder import keys
+from wacoder.phones import phone_hash
 from wacoder.whatsapp_text import join_parts
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "test-auth-token"
 BOT_NUMBER = "whatsapp:+14155238886"
+HASH_SALT = "test-phone-hash-salt"
 
 
 class RedisServer:
@@ -152,7 +155,7 @@ def stack_env(redis_url: str, twilio_url: str, **overrides: str) -> dict[str, st
         "RATE_LIMIT_GLOBAL": "100000",
         "STATE_ENCRYPTION_KEY": "6c3O1b6Vv2m9aYyWgkR8v3xK2yq0h7bq5F1nJc4Lw0E=",
         # Production (the default): every secret given, as a deployment must.
-        "PHONE_HASH_SALT": "test-phone-hash-salt",
+        "PHONE_HASH_SALT": HASH_SALT,
         "SERVICE_TOKEN": "test-service-token",
         "AUTOCODER_API_KEY": "test-autocoder-key",
         # Where bubblewrap is missing (a bare developer machine) the stacks' AutoCoder runs the
@@ -313,3 +316,30 @@ class Conversation:
                 self.seen += 1
                 self._file(message["body"], self.unclaimed)
             time.sleep(0.1)
+
+
+# Reading what the platform keeps in Redis, as the services name it (wacoder.keys).
+
+
+def user_of(env: Mapping[str, str], phone: str) -> str:
+    """How Redis keys name a user: the keyed hash of their number."""
+    return phone_hash(phone, env["PHONE_HASH_SALT"])
+
+
+def accepted(r: Any, env: Mapping[str, str], phone: str, message_sid: str) -> bool:
+    """Whether the webhook (or the agent) stored this message of `phone` for the agent."""
+    return bool(r.exists(keys.inbound_seen(user_of(env, phone), message_sid)))
+
+
+def inbox_entries(r: Any) -> list[tuple[str, dict[str, str]]]:
+    """Every entry of every inbox shard (each shard in arrival order)."""
+    return [entry for shard in range(keys.SHARDS) for entry in r.xrange(keys.inbox_stream(shard))]
+
+
+def inbox_length(r: Any) -> int:
+    return sum(r.xlen(keys.inbox_stream(shard)) for shard in range(keys.SHARDS))
+
+
+def active_relays(r: Any) -> int:
+    """Coding sessions whose progress is being relayed, over all shards."""
+    return sum(r.scard(keys.active_watches(shard)) for shard in range(keys.SHARDS))

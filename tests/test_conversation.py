@@ -18,7 +18,7 @@ from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.phones import phone_hash
 
-from tests.harness import Conversation
+from tests.harness import Conversation, inbox_entries
 
 PROJECT_ID = re.compile(r"`(proj_[0-9a-f]+)`")
 SESSION_ID = re.compile(r"`(sess_[0-9a-f]+)`")
@@ -172,7 +172,7 @@ def test_concurrent_messages_are_processed_in_arrival_order(
     inbox = Inbox(r, StateCipher(env["STATE_ENCRYPTION_KEY"]), "unused")  # type: ignore[arg-type]
     arrival = [
         inbox.decode(fields).body
-        for _, fields in r.xrange(keys.INBOX_STREAM)
+        for _, fields in inbox_entries(r)
         if inbox.decode(fields).sender == f"whatsapp:{alice.phone}"
     ]
     history = [h["text"] for h in state_of(env, r, alice.phone)["history"] if h["role"] == "user"]

@@ -13,7 +13,15 @@ import redis
 from devtools.stack import Stack
 from wacoder import keys
 
-from tests.harness import Conversation, RedisServer, TwilioSim, inbound, post_signed
+from tests.harness import (
+    Conversation,
+    RedisServer,
+    TwilioSim,
+    active_relays,
+    inbound,
+    inbox_length,
+    post_signed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +73,7 @@ def test_a_failed_hand_off_after_run_still_relays_progress_and_summary(
         alice.send("/run build a REST API for notes")
         # The agent computes and commits the reply, then cannot hand it over.
         deadline = time.monotonic() + 20
-        while not r.scard(keys.ACTIVE_WATCHES) and time.monotonic() < deadline:
+        while not active_relays(r) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         stack["notifier"].start()
@@ -92,14 +100,18 @@ def test_a_backlog_beyond_the_inbox_cap_is_answered_in_full(
             for n, user in enumerate(users):
                 form = inbound(user.phone, "/agents", f"SMbacklog{n:02d}{i:03d}" + "0" * 20)
                 assert post_signed(env, "/webhook/whatsapp", form).status_code == 200
-        assert r.xlen(keys.INBOX_STREAM) >= 250
+        assert inbox_length(r) >= 250
     finally:
         stack["agent"].start()
         stack["agent"].wait_ready()
     for user in users:
         twilio_sim.wait_for(f"whatsapp:{user.phone}", 50, timeout_s=120)
-    # Once handled, the history is cut back to the cap.
+
+    # Once handled, each shard's history is cut back to the cap.
+    def longest() -> int:
+        return max(r.xlen(keys.inbox_stream(shard)) for shard in range(keys.SHARDS))
+
     deadline = time.monotonic() + 20
-    while r.xlen(keys.INBOX_STREAM) > 5 and time.monotonic() < deadline:
+    while longest() > 5 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert r.xlen(keys.INBOX_STREAM) <= 5
+    assert longest() <= 5

@@ -14,9 +14,8 @@ import redis
 from devtools.stack import Stack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wacoder import keys
 
-from tests.harness import inbound, sign
+from tests.harness import accepted, inbound, sign
 
 PHONE = "+15557770001"
 _sids = itertools.count(1)
@@ -80,7 +79,7 @@ def test_hostile_requests_never_yield_a_5xx_nor_reach_the_agent_unsigned(
 
     assert answer.status_code < 500, answer.text
     assert "Traceback" not in answer.text
-    stored = bool(r.exists(keys.inbound_seen(sid)))
+    stored = accepted(r, env, PHONE, sid)
     if signing != "valid":
         assert answer.status_code == 403
         assert answer.text == "forbidden"  # no detail for whoever is probing

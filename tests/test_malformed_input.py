@@ -91,7 +91,12 @@ def bad_utf8(env: dict[str, str]) -> httpx.Response:
 
 
 def status_callback(**changes: str | None) -> Send:
-    fields = {"MessageSid": sid(), "MessageStatus": "delivered", "AccountSid": "AC1"}
+    fields = {
+        "MessageSid": sid(),
+        "MessageStatus": "delivered",
+        "AccountSid": "AC1",
+        "To": "whatsapp:+15550001",
+    }
     for name, value in changes.items():
         if value is None:
             fields.pop(name, None)

@@ -10,8 +10,9 @@ import pytest
 import redis
 from agent.catalog import HELP
 from devtools.stack import Stack
-from wacoder import keys, templates
+from wacoder import templates
 
+from tests import harness
 from tests.harness import (
     BOT_NUMBER,
     TwilioSim,
@@ -36,7 +37,7 @@ def sim(twilio_sim: TwilioSim) -> TwilioSim:
 
 
 def inbox_length(env: dict[str, str]) -> int:
-    return redis.Redis.from_url(env["REDIS_URL"]).xlen(keys.INBOX_STREAM)
+    return harness.inbox_length(redis.Redis.from_url(env["REDIS_URL"]))
 
 
 def test_help_travels_the_whole_way(stack: Stack, env: dict[str, str], sim: TwilioSim) -> None:

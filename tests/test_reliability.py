@@ -19,7 +19,16 @@ from wacoder import keys
 from wacoder.phones import phone_hash
 
 from tests.autocoder.conftest import mcp_client
-from tests.harness import PROGRESS, Conversation, RedisServer, TwilioSim, inbound, post_signed
+from tests.harness import (
+    PROGRESS,
+    Conversation,
+    RedisServer,
+    TwilioSim,
+    accepted,
+    inbound,
+    post_signed,
+    user_of,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +68,12 @@ def test_a_replayed_request_is_answered_once(
 
 
 def test_a_message_sent_while_the_agent_is_down_is_answered_when_it_is_back(
-    user: Conversation, stack: Stack, r: redis.Redis
+    user: Conversation, stack: Stack, r: redis.Redis, env: dict[str, str]
 ) -> None:
     stack["agent"].stop()
     try:
         sid = user.send("/agents")  # answered 200: the webhook stored it in the agent's inbox itself
-        assert r.exists(keys.inbound_seen(sid))
+        assert accepted(r, env, user.phone, sid)
     finally:
         stack["agent"].start()
         stack["agent"].wait_ready()
@@ -103,7 +112,7 @@ def test_status_callbacks_are_recorded_and_unsigned_ones_refused(
 ) -> None:
     user.ask("/help")
     [message] = twilio_sim.messages(f"whatsapp:{user.phone}")
-    delivery = keys.delivery(message["sid"])
+    delivery = keys.delivery(user_of(env, user.phone), message["sid"])
     assert r.hget(delivery, "status") == "queued"
 
     unsigned = httpx.post(
@@ -118,12 +127,21 @@ def test_status_callbacks_are_recorded_and_unsigned_ones_refused(
             "MessageSid": message["sid"],
             "MessageStatus": status,
             "AccountSid": env["TWILIO_ACCOUNT_SID"],
+            "To": f"whatsapp:{user.phone}",
         }
         assert post_signed(env, "/webhook/status", form).status_code == 204
     assert r.hget(delivery, "status") == "read"
 
-    failed = {"MessageSid": message["sid"], "MessageStatus": "undelivered", "ErrorCode": "30008"}
+    failed = {
+        "MessageSid": message["sid"],
+        "MessageStatus": "undelivered",
+        "ErrorCode": "30008",
+        "To": f"whatsapp:{user.phone}",
+    }
     assert post_signed(env, "/webhook/status", failed).status_code == 204
+    # Twilio always says whom the message was for; without it there is nothing to record.
+    nobody = {"MessageSid": message["sid"], "MessageStatus": "read"}
+    assert post_signed(env, "/webhook/status", nobody).status_code == 400
 
 
 USERS = 20

@@ -19,7 +19,6 @@ import redis
 import yaml
 from devtools.stack import SERVICES, Stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from wacoder import keys
 from wacoder.settings import SERVICE_SECRETS
 from wacoder.v1 import agent_pb2, agent_pb2_grpc, bridge_pb2, bridge_pb2_grpc, notifier_pb2, notifier_pb2_grpc
 
@@ -28,9 +27,13 @@ from tests.harness import (
     RedisServer,
     TwilioSim,
     inbound,
+    inbox_entries,
     post_signed,
     service_channel,
     stack_env,
+)
+from tests.harness import (
+    accepted as accepted_by_webhook,
 )
 
 ALICE, BOB, CAROL = "+15557770001", "+15557770002", "+15557770003"
@@ -216,7 +219,7 @@ def test_a_burst_is_limited_exactly_and_told_once_and_strangers_once(
     time.sleep(2.5)  # two reload intervals
 
     answers = burst(env, CAROL, 50, "burst")
-    inbox = [f["sid"] for _, f in r.xrange("stream:inbox") if f.get("sid", "").startswith("SMburst")]
+    inbox = [f["sid"] for _, f in inbox_entries(r) if f.get("sid", "").startswith("SMburst")]
     assert len(inbox) == 5  # exact, under concurrency
     told = [a for a in answers if "<Message>" in a]
     assert len(told) == 1  # one paid refusal, not 45
@@ -225,7 +228,7 @@ def test_a_burst_is_limited_exactly_and_told_once_and_strangers_once(
     stranger = burst(env, STRANGER, 20, "stranger")
     told = [a for a in stranger if "<Message>" in a]
     assert len(told) == 1
-    assert not any(f.get("sid", "").startswith("SMstranger") for _, f in r.xrange("stream:inbox"))
+    assert not any(f.get("sid", "").startswith("SMstranger") for _, f in inbox_entries(r))
     config_map.write(bot_config([ALICE, BOB, CAROL]))
 
 
@@ -262,7 +265,7 @@ def test_editing_the_bot_config_applies_without_a_restart(
         sid = f"SMreload{i:03d}".ljust(34, "0")
         answer = post_signed(env, "/webhook/whatsapp", inbound(newcomer, f"/agents {i}", sid))
         assert answer.status_code == 200
-        return bool(r.exists(keys.inbound_seen(sid)))
+        return accepted_by_webhook(r, env, newcomer, sid)
 
     counter = iter(range(1, 1000))
     wait_until(lambda: accepted(next(counter)), timeout_s=5)

@@ -20,7 +20,7 @@ from devtools.stack import SERVICES, ServiceProcess, Stack
 from wacoder import delivery, keys
 from wacoder.v1 import notifier_pb2_grpc
 
-from tests.harness import RedisServer, TwilioSim
+from tests.harness import HASH_SALT, RedisServer, TwilioSim, user_of
 from tests.notifier.conftest import new_phone, send
 
 
@@ -28,11 +28,19 @@ def record_status(url: str, form: Mapping[str, str]) -> None:
     async def call() -> None:
         client = aioredis.from_url(url, decode_responses=True)
         try:
-            await delivery.record_status(client, form)
+            await delivery.record_status(client, form, HASH_SALT)
         finally:
             await client.aclose()
 
     asyncio.run(call())
+
+
+def hashed(to: str) -> str:
+    return user_of({"PHONE_HASH_SALT": HASH_SALT}, to)
+
+
+def outside_window_total(rdb: redis.Redis) -> int:
+    return sum(int(rdb.get(keys.outside_window_counter(shard)) or 0) for shard in range(keys.SHARDS))
 
 
 def slow_twilio(sim: TwilioSim, delay_s: float) -> None:
@@ -100,15 +108,20 @@ def test_kill_9_while_twilio_is_accepting_reconciles_instead_of_resending(
     stack["notifier"].wait_ready()
 
     outbox_id = reply.outbox_ids[0]
+    user = hashed(to)
+    shard = keys.shard_of(user)
     deadline = time.monotonic() + 20
-    while rdb.hget(keys.delivery(message["sid"]), "outbox_id") != outbox_id and time.monotonic() < deadline:
+    while (
+        rdb.hget(keys.delivery(user, message["sid"]), "outbox_id") != outbox_id
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    record = rdb.hgetall(keys.delivery(message["sid"]))
+    record = rdb.hgetall(keys.delivery(user, message["sid"]))
     assert record.get("outbox_id") == outbox_id, "recorded with the sid Twilio gave the first request"
     assert record["status"] == "queued"
-    assert rdb.get(keys.outbox_sent(outbox_id)) == message["sid"]
-    assert not rdb.exists(keys.outbox_in_flight(outbox_id))
-    assert rdb.xpending(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP)["pending"] == 0
+    assert rdb.get(keys.outbox_sent(shard, outbox_id)) == message["sid"]
+    assert not rdb.exists(keys.outbox_in_flight(shard, outbox_id))
+    assert rdb.xpending(keys.outbox_stream(shard), keys.OUTBOX_GROUP)["pending"] == 0
     time.sleep(0.3)
     assert len(sim.messages(to)) == 1, "delivered exactly once"
     assert len([a for a in sim.attempts() if a["to"] == to]) == 1, "never posted again"
@@ -142,9 +155,7 @@ def test_a_replacement_consumer_claims_a_dead_consumers_entries(
     sim.script([])
     # Another replica (another name, e.g. a new pod) on the same address.
     spec = next(s for s in SERVICES if s.name == "notifier")
-    replacement = ServiceProcess(
-        spec, {**env, "NOTIFIER_CONSUMER": f"replacement-{uuid.uuid4().hex[:6]}"}, tmp_path
-    )
+    replacement = ServiceProcess(spec, {**env, "REPLICA_ID": f"replacement-{uuid.uuid4().hex[:6]}"}, tmp_path)
     replacement.start()
     try:
         replacement.wait_ready()
@@ -164,6 +175,7 @@ def test_statuses_only_move_forward(
     notifier_redis: RedisServer,
 ) -> None:
     to = new_phone()
+    user = hashed(to)
     send(notifier, to, "status me")
     [message] = sim.wait_for(to)
     sid = message["sid"]
@@ -176,16 +188,16 @@ def test_statuses_only_move_forward(
         ("delivered", "read"),
         ("failed", "read"),
     ):
-        record_status(notifier_redis.url, {"MessageSid": sid, "MessageStatus": status})
-        assert rdb.hget(keys.delivery(sid), "status") == expected, f"after {status}"
-    assert rdb.hget(keys.delivery(sid), "idempotency_key")
+        record_status(notifier_redis.url, {"MessageSid": sid, "MessageStatus": status, "To": to})
+        assert rdb.hget(keys.delivery(user, sid), "status") == expected, f"after {status}"
+    assert rdb.hget(keys.delivery(user, sid), "idempotency_key")
 
     # A callback before the notifier's own record (or for an unknown message) still counts.
     unknown = "SM" + uuid.uuid4().hex
-    record_status(notifier_redis.url, {"MessageSid": unknown, "MessageStatus": "sent"})
-    assert rdb.hget(keys.delivery(unknown), "status") == "sent"
-    assert rdb.ttl(keys.delivery(unknown)) > 0
-    record_status(notifier_redis.url, {"MessageSid": "", "MessageStatus": "sent"})  # ignored
+    record_status(notifier_redis.url, {"MessageSid": unknown, "MessageStatus": "sent", "To": to})
+    assert rdb.hget(keys.delivery(user, unknown), "status") == "sent"
+    assert rdb.ttl(keys.delivery(user, unknown)) > 0
+    record_status(notifier_redis.url, {"MessageSid": "", "MessageStatus": "sent", "To": to})  # ignored
 
 
 def test_63016_by_status_callback_parks_and_next_send_delivers_it_first(
@@ -195,47 +207,50 @@ def test_63016_by_status_callback_parks_and_next_send_delivers_it_first(
     notifier_redis: RedisServer,
 ) -> None:
     to = new_phone()
+    user = hashed(to)
     send(notifier, to, "your build finished")
     [message] = sim.wait_for(to)
-    to_hash = rdb.hget(keys.delivery(message["sid"]), "to_hash")
-    before = int(rdb.get(delivery.OUTSIDE_WINDOW_COUNTER) or 0)
-    form = {"MessageSid": message["sid"], "MessageStatus": "undelivered", "ErrorCode": "63016"}
+    assert rdb.hget(keys.delivery(user, message["sid"]), "to_hash") == user
+    before = outside_window_total(rdb)
+    form = {"MessageSid": message["sid"], "MessageStatus": "undelivered", "ErrorCode": "63016", "To": to}
     record_status(notifier_redis.url, form)
     record_status(notifier_redis.url, form)  # Twilio may call twice: parked once, counted once
-    assert rdb.llen(delivery.parked(to_hash)) == 1
-    assert int(rdb.get(delivery.OUTSIDE_WINDOW_COUNTER) or 0) == before + 1
-    assert rdb.ttl(delivery.parked(to_hash)) > 0
+    assert rdb.llen(keys.outbox_parked(user)) == 1
+    assert outside_window_total(rdb) == before + 1
+    assert rdb.ttl(keys.outbox_parked(user)) > 0
 
     send(notifier, to, "hello again")  # the user wrote, the agent answers
     got = sim.wait_for(to, count=3)
     assert [m["body"] for m in got] == ["your build finished", "your build finished", "hello again"]
-    assert rdb.llen(delivery.parked(to_hash)) == 0
+    assert rdb.llen(keys.outbox_parked(user)) == 0
 
 
 def test_63016_callback_before_the_notifiers_record_still_parks(
     rdb: redis.Redis, notifier_redis: RedisServer
 ) -> None:
     sid = "SM" + uuid.uuid4().hex
-    to_hash = uuid.uuid4().hex[:16]
-    record_status(notifier_redis.url, {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "63016"})
-    assert rdb.llen(delivery.parked(to_hash)) == 0
-    script_keys, argv = delivery.record_accepted_args(sid, {"to_hash": to_hash, "payload": '{"v":"1"}'})
+    to = new_phone()
+    user = hashed(to)
+    form = {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "63016", "To": to}
+    record_status(notifier_redis.url, form)
+    assert rdb.llen(keys.outbox_parked(user)) == 0
+    script_keys, argv = delivery.record_accepted_args(user, sid, {"to_hash": user, "payload": '{"v":"1"}'})
     rdb.eval(delivery.APPLY_SCRIPT, len(script_keys), *script_keys, *argv)
-    assert rdb.hget(keys.delivery(sid), "status") == "failed"
-    assert rdb.lrange(delivery.parked(to_hash), 0, -1) == ['{"v":"1"}']
+    assert rdb.hget(keys.delivery(user, sid), "status") == "failed"
+    assert rdb.lrange(keys.outbox_parked(user), 0, -1) == ['{"v":"1"}']
 
 
 def test_63016_at_send_time_parks_and_next_send_delivers_it_first(
     notifier: notifier_pb2_grpc.NotifierServiceStub, sim: TwilioSim, rdb: redis.Redis
 ) -> None:
     to = new_phone()
-    before = int(rdb.get(delivery.OUTSIDE_WINDOW_COUNTER) or 0)
+    before = outside_window_total(rdb)
     sim.script([{"status": 400, "code": 63016, "message": "Outside the allowed window"}])
     send(notifier, to, "parked one")
     deadline = time.monotonic() + 10
-    while int(rdb.get(delivery.OUTSIDE_WINDOW_COUNTER) or 0) == before and time.monotonic() < deadline:
+    while outside_window_total(rdb) == before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert int(rdb.get(delivery.OUTSIDE_WINDOW_COUNTER) or 0) == before + 1
+    assert outside_window_total(rdb) == before + 1
     assert sim.messages(to) == []
     send(notifier, to, "fresh reply")
     assert [m["body"] for m in sim.wait_for(to, count=2)] == ["parked one", "fresh reply"]

@@ -14,14 +14,19 @@ import redis
 from wacoder import keys
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
-from tests.harness import BOT_NUMBER, TwilioSim
+from tests.harness import BOT_NUMBER, HASH_SALT, TwilioSim, user_of
 from tests.notifier.conftest import NOTIFIER_ENV, new_phone, send
 
 
 def dead_letters_for(rdb: redis.Redis, key: str, timeout_s: float = 10.0) -> list[dict[str, str]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = [f for _id, f in rdb.xrange(keys.DEAD_LETTER_STREAM) if f["idempotency_key"] == key]
+        found = [
+            f
+            for shard in range(keys.SHARDS)
+            for _id, f in rdb.xrange(keys.dead_letters(shard))
+            if f["idempotency_key"] == key
+        ]
         if found:
             return found
         time.sleep(0.05)
@@ -45,13 +50,14 @@ def test_send_makes_one_rest_call_with_twilio_fields(
     time.sleep(0.3)
     assert len(sim.messages(to)) == 1
 
-    record = rdb.hgetall(keys.delivery(message["sid"]))
+    record = rdb.hgetall(keys.delivery(user_of(env, to), message["sid"]))
     assert record["status"] == "queued"
     assert record["idempotency_key"] == key and record["outbox_id"] == reply.outbox_ids[0]
     assert record["to_hash"] and "+1555" not in json.dumps(record)
-    assert 0 < rdb.ttl(keys.delivery(message["sid"])) <= 7 * keys.DAY_S
+    assert 0 < rdb.ttl(keys.delivery(user_of(env, to), message["sid"])) <= 7 * keys.DAY_S
     # Delivered entries leave the outbox: nothing pending, nothing stored in clear.
-    assert rdb.xpending(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP)["pending"] == 0
+    outbox = keys.outbox_stream(keys.shard_of(user_of(env, to)))
+    assert rdb.xpending(outbox, keys.OUTBOX_GROUP)["pending"] == 0
 
 
 def test_outbox_stores_bodies_encrypted(
@@ -61,7 +67,7 @@ def test_outbox_stores_bodies_encrypted(
     sim.script([], always={"status": 500, "delay_s": 0.3})
     send(notifier, to, "secret plans")
     time.sleep(0.1)
-    entries = rdb.xrange(keys.OUTBOX_STREAM)
+    entries = rdb.xrange(keys.outbox_stream(keys.shard_of(user_of({"PHONE_HASH_SALT": HASH_SALT}, to))))
     sim.script([])
     assert entries, "the entry should still be in the outbox while Twilio fails"
     stored = json.dumps(entries)

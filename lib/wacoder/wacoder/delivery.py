@@ -21,37 +21,19 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from wacoder.keys import (
-    DELIVERY_TTL_S,
-    OUTSIDE_WINDOW_COUNTER,
-    PARKED_PREFIX,
-    PARKED_TTL_S,
-    delivery,
-    outbox_parked,
-)
+from wacoder import keys
+from wacoder.keys import DELIVERY_TTL_S, PARKED_TTL_S
+from wacoder.phones import phone_hash
 
-# The names this module has always offered, kept for its callers; the keys and their TTLs
-# live in wacoder.keys.
-__all__ = [
-    "APPLY_SCRIPT",
-    "DELIVERY_TTL_S",
-    "OUTSIDE_WINDOW_COUNTER",
-    "OUTSIDE_WINDOW_ERROR",
-    "PARKED_TTL_S",
-    "parked",
-    "record_accepted_args",
-    "record_status",
-]
+__all__ = ["APPLY_SCRIPT", "OUTSIDE_WINDOW_ERROR", "record_accepted_args", "record_status"]
 
 OUTSIDE_WINDOW_ERROR = "63016"
-parked = outbox_parked
 
 
-# KEYS[1] delivery hash, KEYS[2] 63016 counter.
-# ARGV: ttl, parked prefix, parked ttl, now, status ('' = none), error code ('' = none),
+# KEYS[1] delivery hash, KEYS[2] the shard's 63016 counter, KEYS[3] the recipient's parked list
+# (all three in the recipient's slot).
+# ARGV: ttl, (unused), parked ttl, now, status ('' = none), error code ('' = none),
 #       then field/value pairs set unconditionally (metadata from the notifier).
-# The parked list's key is derived from the hash's to_hash inside the script (a single Redis
-# or a cluster with hash tags would be needed otherwise; we run a single Redis).
 _APPLY = """
 local rank = {accepted=0, scheduled=0, queued=0, sending=1, sent=2,
               failed=3, undelivered=3, delivered=4, read=5}
@@ -75,13 +57,11 @@ if (st == 'failed' or st == 'undelivered')
     and redis.call('HGET', key, 'error_code') == '63016'
     and redis.call('HGET', key, 'parked') ~= '1' then
   local payload = redis.call('HGET', key, 'payload')
-  local to_hash = redis.call('HGET', key, 'to_hash')
   -- A callback can beat the notifier's own record; then the payload is not there yet and
   -- the notifier's record (same script) parks it when it arrives.
-  if payload and to_hash then
-    local list = ARGV[2] .. to_hash
-    redis.call('RPUSH', list, payload)
-    redis.call('EXPIRE', list, tonumber(ARGV[3]))
+  if payload then
+    redis.call('RPUSH', KEYS[3], payload)
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]))
     redis.call('HSET', key, 'parked', '1')
     redis.call('INCR', KEYS[2])
     return 2
@@ -93,46 +73,51 @@ _APPLY_SHA = hashlib.sha1(_APPLY.encode()).hexdigest()
 
 
 def _argv(status: str, error_code: str, fields: Mapping[str, str]) -> list[str]:
-    args = [str(DELIVERY_TTL_S), PARKED_PREFIX, str(PARKED_TTL_S), f"{time.time():.3f}", status, error_code]
+    args = [str(DELIVERY_TTL_S), "", str(PARKED_TTL_S), f"{time.time():.3f}", status, error_code]
     for name, value in fields.items():
         args += [name, value]
     return args
 
 
-async def _apply(
-    redis: aioredis.Redis, sid: str, status: str, error_code: str, fields: Mapping[str, str]
-) -> int:
-    keys = [delivery(sid), OUTSIDE_WINDOW_COUNTER]
-    argv = _argv(status, error_code, fields)
-    try:
-        return int(await redis.evalsha(_APPLY_SHA, len(keys), *keys, *argv))
-    except NoScriptError:
-        # First use on this Redis (or after a restart/SCRIPT FLUSH): EVAL also caches it.
-        return int(await redis.eval(_APPLY, len(keys), *keys, *argv))
+def _keys(to_hash: str, sid: str) -> list[str]:
+    return [
+        keys.delivery(to_hash, sid),
+        keys.outside_window_counter(keys.shard_of(to_hash)),
+        keys.outbox_parked(to_hash),
+    ]
 
 
-async def record_status(redis: aioredis.Redis, form: Mapping[str, str]) -> None:
-    """Records one Twilio status callback (`MessageSid`, `MessageStatus`, `ErrorCode`).
+async def record_status(redis: aioredis.Redis, form: Mapping[str, str], hash_salt: str) -> None:
+    """Records one Twilio status callback (`MessageSid`, `MessageStatus`, `ErrorCode`, and `To`,
+    whose hash places the record in its recipient's slot).
 
     Statuses only move forward; a 63016 failure parks the message for its recipient and is
     counted. Unknown or empty fields are ignored; one Redis round trip.
     """
     sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
     status = (form.get("MessageStatus") or form.get("SmsStatus") or "").strip().lower()
-    if not sid or not status:
+    to = (form.get("To") or "").strip()
+    if not sid or not status or not to:
         return
     error_code = (form.get("ErrorCode") or "").strip()
-    await _apply(redis, sid, status, error_code, {})
+    script_keys = _keys(phone_hash(to, hash_salt), sid)
+    argv = _argv(status, error_code, {})
+    try:
+        await redis.evalsha(_APPLY_SHA, len(script_keys), *script_keys, *argv)
+    except NoScriptError:
+        # First use on this Redis (or after a restart/SCRIPT FLUSH): EVAL also caches it.
+        await redis.eval(_APPLY, len(script_keys), *script_keys, *argv)
 
 
-def record_accepted_args(sid: str, fields: Mapping[str, str]) -> tuple[list[str], list[str]]:
+def record_accepted_args(to_hash: str, sid: str, fields: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of the script that records a message Twilio just accepted as `queued`.
 
-    The notifier runs it inside its own MULTI with the outbox XACK, so that "Twilio accepted"
-    and "recorded as sent" are one atomic round trip; `fields` are to_hash, idempotency_key,
-    outbox_id and payload (the outbox entry as JSON, body still encrypted, for parking).
+    The notifier runs it inside its own MULTI with the outbox XACK (all in the recipient's
+    slot), so that "Twilio accepted" and "recorded as sent" are one atomic round trip; `fields`
+    are to_hash, idempotency_key, outbox_id and payload (the outbox entry as JSON, body still
+    encrypted, for parking).
     """
-    return [delivery(sid), OUTSIDE_WINDOW_COUNTER], _argv("queued", "", fields)
+    return _keys(to_hash, sid), _argv("queued", "", fields)
 
 
 APPLY_SCRIPT = _APPLY

@@ -16,12 +16,16 @@ from wacoder.crypto import StateCipher
 from wacoder.phones import phone_hash
 from wacoder.v1 import agent_pb2
 
-# KEYS[1] = dedup mark, KEYS[2] = inbox stream;
+# KEYS[1] = dedup mark, KEYS[2] = the sender's inbox shard (one slot: the sender's shard tag);
 # ARGV = sid, ttl, ordering key, encrypted payload.
 # No MAXLEN here: a cap applied while adding would trim entries nobody has handled yet. The
 # consumer trims what the group has acknowledged (wacoder.streams).
+# A duplicate still writes (it refreshes the mark's TTL): replication is ordered, so waiting
+# for a replica to have that write (WAIT) also confirms the original entry, which a replay
+# after a 503 must not take for granted.
 _ENQUEUE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) == false then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
   return ''
 end
 return redis.call('XADD', KEYS[2], '*', 'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4])
@@ -44,15 +48,11 @@ class Inbox:
     async def enqueue(self, message: agent_pb2.InboundMessage) -> Enqueued:
         # The message text is user data: it is stored encrypted, like conversation state.
         payload = self.cipher.encrypt(message.SerializeToString().hex())
+        user = phone_hash(message.sender, self.hash_salt)
         entry_id = await self._enqueue(
-            keys=[keys.inbound_seen(message.message_sid), keys.INBOX_STREAM],
+            keys=[keys.inbound_seen(user, message.message_sid), keys.inbox_stream(keys.shard_of(user))],
             # One sender's messages are handled in order: the hashed sender is the ordering key.
-            args=[
-                message.message_sid,
-                keys.DEDUP_TTL_S,
-                phone_hash(message.sender, self.hash_salt),
-                payload,
-            ],
+            args=[message.message_sid, keys.DEDUP_TTL_S, user, payload],
         )
         return Enqueued(duplicate=not entry_id, entry_id=entry_id or "")
 

@@ -2,18 +2,55 @@
 reliability needs). A key that is not meant to live forever gets its TTL from here too.
 
 A key that names a user names them by `user`: the keyed hash of their number
-(`wacoder.phones.phone_hash`), never the number itself."""
+(`wacoder.phones.phone_hash`), never the number itself.
+
+Hash slots (Redis Cluster, docs/adr/0007-scale-out.md): a user belongs to one of `SHARDS`
+shards (by their hash), and every key about them carries their shard's hash tag `{s<n>}`,
+as do that shard's inbox and outbox streams. So everything one message touches (its de-
+duplication mark, the user's counters and state, the stream entry) lives in one slot, and one
+Lua script or MULTI can change it atomically. Keys about a project or a session that are not
+a user's own (`project:{id}:users`, `session:{id}`) have slots of their own and are written
+idempotently outside those atomic steps.
+
+The shard count is fixed for the life of a keyspace: changing it re-homes every user's keys
+(their conversation memory starts afresh). `configure` sets it once per process.
+"""
 
 from __future__ import annotations
 
 DAY_S = 24 * 60 * 60
+
+SHARDS = 16
+
+
+def configure(shards: int) -> None:
+    """Sets the shard count (the STREAM_SHARDS setting) for this process."""
+    global SHARDS
+    if shards < 1:
+        raise ValueError("STREAM_SHARDS must be at least 1")
+    SHARDS = shards
+
+
+def shard_of(user: str) -> int:
+    """The shard of a user hash (hex): stable, and even across shards."""
+    return int(user[:8], 16) % SHARDS
+
+
+def shard_tag(shard: int) -> str:
+    """The hash tag of a shard: every key with it lives in the same Redis Cluster slot."""
+    return f"{{s{shard}}}"
+
+
+def _tag(user: str) -> str:
+    return shard_tag(shard_of(user))
+
 
 # The seed's keys.
 CONVERSATION_TTL_S = DAY_S
 
 
 def conversation(user: str) -> str:
-    return f"conversation:{user}"
+    return f"conversation:{_tag(user)}:{user}"
 
 
 # The seed's two-way index of users and projects; refreshed whenever a user touches a project.
@@ -21,7 +58,7 @@ INDEX_TTL_S = 30 * DAY_S
 
 
 def user_projects(user: str) -> str:
-    return f"user:{user}:projects"
+    return f"user:{_tag(user)}:{user}:projects"
 
 
 def project_users(project_id: str) -> str:
@@ -38,9 +75,11 @@ SESSION_TTL_S = DAY_S
 
 
 def rate_limit(user: str) -> str:
-    return f"rate_limit:{user}"
+    return f"rate_limit:{_tag(user)}:{user}"
 
 
+# One counter for everybody, in a slot of its own (not in an atomic step with a user's keys:
+# see webhook/admission.py for how it stays exact).
 RATE_LIMIT_GLOBAL = "rate_limit:global"
 # Messages from numbers that are not whitelisted, all together: bounds the work strangers cause.
 RATE_LIMIT_STRANGERS = "rate_limit:strangers"
@@ -51,7 +90,7 @@ UNAUTHORIZED_NOTICE_TTL_S = 60 * 60
 
 def refusal_notice(reason: str, user: str) -> str:
     """Set while `user` has been told about refusal `reason` (rate_limit, unauthorized)."""
-    return f"notice:{reason}:{user}"
+    return f"notice:{reason}:{_tag(user)}:{user}"
 
 
 # WhatsApp's customer-service window: we may write to a user for 24 h after their last message.
@@ -61,46 +100,71 @@ WINDOW_S = DAY_S
 def last_inbound(user: str) -> str:
     """Set (24 h TTL) when a user's message is accepted: the notifier writes only to users whose
     window is open, or to whitelisted numbers."""
-    return f"inbound:last:{user}"
+    return f"inbound:last:{_tag(user)}:{user}"
 
 
 # Reliability: inbound de-duplication, the durable inbox and outbox, dead letters.
 DEDUP_TTL_S = DAY_S
 
 
-def inbound_seen(message_sid: str) -> str:
-    return f"inbound:seen:{message_sid}"
+def inbound_seen(user: str, message_sid: str) -> str:
+    """Set when a message of `user` is accepted: a replay of its MessageSid is a duplicate."""
+    return f"inbound:seen:{_tag(user)}:{message_sid}"
 
 
-# Handled entries stay a while (a recent history for operators): the agent trims beyond
-# INBOX_MAXLEN (settings), never below what it has acknowledged.
-INBOX_STREAM = "stream:inbox"
+# The agent's inbox and the notifier's outbox, one stream per shard. Handled inbox entries stay
+# a while (a recent history for operators): the agent trims beyond INBOX_MAXLEN (settings),
+# never below what it has acknowledged.
 INBOX_GROUP = "agent"
-OUTBOX_STREAM = "stream:outbox"
 OUTBOX_GROUP = "notifier"
-DEAD_LETTER_STREAM = "stream:outbox:dead"
 
 
-def outbound_seen(idempotency_key: str) -> str:
-    return f"outbound:seen:{idempotency_key}"
+def inbox_stream(shard: int) -> str:
+    return f"stream:inbox:{shard_tag(shard)}"
 
 
-def agent_replies(message_sid: str) -> str:
+def outbox_stream(shard: int) -> str:
+    return f"stream:outbox:{shard_tag(shard)}"
+
+
+def dead_letters(shard: int) -> str:
+    return f"stream:outbox:dead:{shard_tag(shard)}"
+
+
+def outbound_seen(user: str, idempotency_key: str) -> str:
+    return f"outbound:seen:{_tag(user)}:{idempotency_key}"
+
+
+def agent_replies(user: str, message_sid: str) -> str:
     """The replies the agent produced for one inbound message (so a retry resends, not redoes)."""
-    return f"agent:replies:{message_sid}"
+    return f"agent:replies:{_tag(user)}:{message_sid}"
 
 
-def delivery(message_sid: str) -> str:
-    """Delivery status of one outbound message, by Twilio's MessageSid."""
-    return f"delivery:{message_sid}"
+def delivery(user: str, message_sid: str) -> str:
+    """Delivery status of one outbound message to `user`, by Twilio's MessageSid."""
+    return f"delivery:{_tag(user)}:{message_sid}"
 
 
-def session_watch(session_id: str) -> str:
-    """A live progress relay of a coding session to a user (resumed after an agent restart)."""
-    return f"watch:{session_id}"
+def session_watch(shard: int, session_id: str) -> str:
+    """A live progress relay of a coding session to a user of `shard` (relayed by the replica
+    that owns the shard, resumed by whoever owns it next)."""
+    return f"watch:{shard_tag(shard)}:{session_id}"
 
 
-ACTIVE_WATCHES = "watch:active"
+def active_watches(shard: int) -> str:
+    """The sessions of `shard` whose progress is being relayed."""
+    return f"watch:active:{shard_tag(shard)}"
+
+
+# Shard ownership (wacoder.leases): which replica of a service holds which shard, and which
+# replicas are alive.
+def shard_lease(service: str, shard: int) -> str:
+    return f"lease:{service}:{shard_tag(shard)}"
+
+
+def replicas(service: str) -> str:
+    """Sorted set of a service's live replicas, scored by when their registration expires."""
+    return f"replicas:{service}"
 
 
 # The notifier's outbox bookkeeping (see docs/adr/0003-notifier-outbox.md).
@@ -114,17 +178,17 @@ OUTBOX_SENT_TTL_S = DAY_S
 OUTBOX_IN_FLIGHT_TTL_S = 7 * DAY_S
 
 
-def outbox_sent(outbox_id: str) -> str:
+def outbox_sent(shard: int, outbox_id: str) -> str:
     """Set atomically with the XACK once Twilio accepted the entry (value: the MessageSid): a
-    consumer that claimed the same entry meanwhile sees it and does not send again."""
-    return f"outbox:sent:{outbox_id}"
+    consumer that handles the same entry again sees it and does not send again."""
+    return f"outbox:sent:{shard_tag(shard)}:{outbox_id}"
 
 
-def outbox_in_flight(outbox_id: str) -> str:
+def outbox_in_flight(shard: int, outbox_id: str) -> str:
     """Hash `first_at`/`last_at` (epoch seconds) written just before each POST of the entry:
     whoever handles the entry again knows a request may have reached Twilio and asks Twilio
     before sending (reconciliation)."""
-    return f"outbox:inflight:{outbox_id}"
+    return f"outbox:inflight:{shard_tag(shard)}:{outbox_id}"
 
 
 # A delivery record is kept a week: long enough for late callbacks and for support to look up
@@ -133,17 +197,19 @@ DELIVERY_TTL_S = 7 * DAY_S
 # Messages parked for a recipient outside WhatsApp's 24-hour window wait this long for the
 # user to write again; after that the reply is stale and is dropped with its list.
 PARKED_TTL_S = 7 * DAY_S
-PARKED_PREFIX = "outbox:parked:"
 
 
-def outbox_parked(to_hash: str) -> str:
+def outbox_parked(user: str) -> str:
     """The list of messages parked for one recipient (JSON outbox entries, bodies encrypted)."""
-    return f"{PARKED_PREFIX}{to_hash}"
+    return f"outbox:parked:{_tag(user)}:{user}"
 
 
-# Counter of messages that failed with 63016 (outside the 24-hour window), for operators; a
-# running total, so it lives forever.
-OUTSIDE_WINDOW_COUNTER = "metrics:notifier:outside_window_total"
+def outside_window_counter(shard: int) -> str:
+    """Messages of `shard` that failed with 63016 (outside the 24-hour window), for operators;
+    a running total (sum over the shards), so it lives forever."""
+    return f"metrics:notifier:outside_window_total:{shard_tag(shard)}"
+
+
 # The send-rate token bucket refills within a second; an idle one expires.
 SEND_RATE_TTL_S = 60
 

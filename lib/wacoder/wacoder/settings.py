@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wacoder import keys
+
 Secret = Literal[
     "twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token", "autocoder_api_key"
 ]
@@ -127,8 +129,6 @@ class Settings(BaseSettings):
     # Bound of one Twilio request; also how long a dead process's request may still be on its
     # way to Twilio before crash reconciliation trusts Twilio's message list.
     notifier_twilio_timeout_s: float = 15.0
-    # The outbox consumer's name; unset: hostname (the pod name) plus the gRPC port.
-    notifier_consumer: str | None = None
 
     # Durable streams: work pending this long on a consumer that stopped is claimed by another.
     stream_claim_idle_ms: int = 15_000
@@ -180,6 +180,7 @@ def service_settings(service: str) -> Settings:
     """The settings of `service`'s process, its secrets checked (see `require_secrets`)."""
     settings = get_settings()
     require_secrets(settings, service)
+    keys.configure(settings.stream_shards)
     return settings
 
 

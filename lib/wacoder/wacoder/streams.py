@@ -7,7 +7,9 @@ Guarantees, and why:
   A handler that must acknowledge together with its own writes (one atomic MULTI/Lua) does the
   XACK itself and returns `Outcome.ACKNOWLEDGED`; one that gives up for now (shutdown) returns
   `Outcome.KEEP_PENDING`, and the entry waits for the restart or a peer.
-- After a restart a consumer first takes back its own pending entries (same consumer name).
+- After a restart a consumer first takes back its own pending entries (same consumer name);
+  one that owns its stream exclusively (a shard held through `wacoder.leases`) takes back
+  every pending entry at once, whoever held it (`take_over`), in stream order.
 - Entries pending on a consumer that went away are claimed after `claim_idle_ms`; a live
   consumer keeps the entries it holds (running or queued in a lane) by refreshing their idle
   time (a heartbeat), so slow work is never handed to a second consumer while the first still
@@ -32,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -61,9 +62,39 @@ REDIS_RETRY_MAX_S = 5.0
 TRIM_BATCH = 1000
 
 
-def default_consumer_name(prefix: str) -> str:
-    """Stable across restarts of the same pod or host, so pending work is resumed at once."""
-    return f"{prefix}-{socket.gethostname()}"
+class ShardConsumers:
+    """The consumers of the shards this replica owns: one `KeyedStreamConsumer` per shard,
+    started when its lease is acquired, stopped and drained when it is released (see
+    `wacoder.leases`), so a shard's entries are never handled by two replicas at once."""
+
+    def __init__(self, make: Callable[[int], KeyedStreamConsumer], drain_s: float) -> None:
+        self.make = make
+        self.drain_s = drain_s
+        self._running: dict[int, tuple[KeyedStreamConsumer, asyncio.Task[None]]] = {}
+
+    @property
+    def shards(self) -> frozenset[int]:
+        return frozenset(self._running)
+
+    async def start(self, shard: int) -> None:
+        if shard not in self._running:
+            consumer = self.make(shard)
+            self._running[shard] = (consumer, asyncio.create_task(consumer.run(), name=f"shard-{shard}"))
+
+    async def stop(self, shard: int) -> None:
+        """Stops reading the shard, lets running handlers finish (up to `drain_s`), then
+        cancels the rest: what did not finish stays pending for the shard's next owner."""
+        running = self._running.pop(shard, None)
+        if running is None:
+            return
+        consumer, task = running
+        consumer.stop()
+        await consumer.drain(self.drain_s)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(shard) for shard in list(self._running)))
 
 
 class KeyedStreamConsumer:
@@ -81,6 +112,7 @@ class KeyedStreamConsumer:
         retain: int | None = None,
         retry_base_s: float = 0.2,
         retry_max_s: float = 10.0,
+        take_over: bool = False,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -93,6 +125,7 @@ class KeyedStreamConsumer:
         self.retain = retain
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self.take_over = take_over
         # Set by stop(); handlers may wait on it to cut a backoff short (and keep the entry pending).
         self.stopping = asyncio.Event()
         self._queues: dict[str, asyncio.Queue[tuple[str, Fields]]] = {}
@@ -113,9 +146,12 @@ class KeyedStreamConsumer:
                 try:
                     await self._ensure_group()
                     if resume_own:
-                        await self._drain_own_pending()
+                        if self.take_over:
+                            await self._claim(min_idle_ms=0)
+                        else:
+                            await self._drain_own_pending()
                         resume_own = False
-                    await self._claim_abandoned()
+                    await self._claim(min_idle_ms=self.claim_idle_ms)
                     await self._read_new()
                     backoff = 0.1
                 except ResponseError as error:
@@ -188,20 +224,21 @@ class KeyedStreamConsumer:
                 return
             start = entries[-1][0]
 
-    async def _claim_abandoned(self) -> None:
+    async def _claim(self, min_idle_ms: int) -> None:
+        """Claims pending entries idle at least `min_idle_ms` (0: all of them), in stream order."""
         start = "0-0"
         while not self.stopping.is_set():
             reply = await self.redis.xautoclaim(
                 self.stream,
                 self.group,
                 self.consumer,
-                min_idle_time=self.claim_idle_ms,
+                min_idle_time=min_idle_ms,
                 start_id=start,
                 count=READ_COUNT,
             )
             next_start, entries = reply[0], reply[1]
             for entry_id, fields in entries:
-                if entry_id not in self._in_flight:
+                if entry_id not in self._in_flight and min_idle_ms:
                     log.info(
                         "claimed an abandoned entry", extra={"stream": self.stream, "entry_id": entry_id}
                     )

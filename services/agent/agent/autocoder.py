@@ -6,6 +6,7 @@ one user can never reach another's work, whatever ids they type.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ _UNAVAILABLE = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+
+# Tools that read, and creating tools called with an idempotency key (ADR 0002), may be asked again
+# after a transient failure without doing anything twice.
+_READ_TOOLS = frozenset({"list_projects", "get_session_details", "get_session_files", "check_system_health"})
+# A dependency that blinks (a bridge replica restarting, a connection dropped) is asked once
+# more before the user hears "temporarily unavailable"; the bridge has already retried AutoCoder
+# itself, so a real outage still answers within seconds.
+RETRY_DELAYS_S = (1.0,)
 
 
 class AutoCoderUnavailable(Exception):
@@ -51,14 +61,24 @@ class AutoCoder:
         return [ToolSpec(t.name, t.description, json.loads(t.input_schema_json or "{}")) for t in reply.tools]
 
     async def call(self, caller: str, tool: str, /, **arguments: Any) -> Any:
-        """Positional-only so that a tool argument may be called `name` or `tool`."""
+        """Positional-only so that a tool argument may be called `name` or `tool`.
+
+        A call that is safe to repeat is retried through short outages (UNAVAILABLE); a
+        deadline that passed is not (the caller's patience is spent, the tool may still run)."""
         request = bridge_pb2.CallToolRequest(name=tool, arguments_json=json.dumps(arguments), caller=caller)
-        try:
-            reply = await self.stub.CallTool(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as error:
-            if error.code() in _UNAVAILABLE:
-                raise AutoCoderUnavailable(error.details()) from error
-            raise ToolError(error.details() or error.code().name) from error
+        repeatable = tool in _READ_TOOLS or bool(arguments.get("idempotency_key"))
+        delays = iter(RETRY_DELAYS_S if repeatable else ())
+        while True:
+            try:
+                reply = await self.stub.CallTool(request, timeout=self.timeout_s)
+                break
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _UNAVAILABLE:
+                    raise ToolError(error.details() or error.code().name) from error
+                delay = next(delays, None) if error.code() is grpc.StatusCode.UNAVAILABLE else None
+                if delay is None:
+                    raise AutoCoderUnavailable(error.details()) from error
+                await asyncio.sleep(delay)
         if reply.is_error:
             raise ToolError(reply.error_message)
         return json.loads(reply.result_json) if reply.result_json else None

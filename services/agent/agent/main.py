@@ -11,11 +11,12 @@ from wacoder import keys
 from wacoder.botconfig import BotConfigSource
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
+from wacoder.leases import ShardLeases, replica_name
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import connect, ping
 from wacoder.settings import Settings, service_settings
-from wacoder.streams import KeyedStreamConsumer, default_consumer_name
+from wacoder.streams import KeyedStreamConsumer, ShardConsumers
 from wacoder.v1 import agent_pb2_grpc, bridge_pb2_grpc, notifier_pb2_grpc
 
 from agent.autocoder import AutoCoder
@@ -67,26 +68,48 @@ async def serve(settings: Settings) -> None:
         progress=progress,
         hash_salt=salt,
     )
-    consumer = KeyedStreamConsumer(
+    replica = replica_name(settings, settings.agent_addr)
+
+    def inbox_consumer(shard: int) -> KeyedStreamConsumer:
+        return KeyedStreamConsumer(
+            redis,
+            stream=keys.inbox_stream(shard),
+            group=keys.INBOX_GROUP,
+            consumer=replica,
+            key_of=lambda fields: fields["key"],
+            handle=processor.handle,
+            claim_idle_ms=settings.stream_claim_idle_ms,
+            retain=settings.inbox_maxlen,
+            take_over=True,
+        )
+
+    consumers = ShardConsumers(inbox_consumer, drain_s=5.0)
+
+    # A shard's inbox and its sessions' progress relays belong to the replica holding its lease.
+    async def acquired(shard: int) -> None:
+        await consumers.start(shard)
+        await progress.resume(shard)
+
+    async def released(shard: int) -> None:
+        await consumers.stop(shard)
+        await progress.release(shard)
+
+    leases = ShardLeases(
         redis,
-        stream=keys.INBOX_STREAM,
-        group=keys.INBOX_GROUP,
-        consumer=default_consumer_name("agent"),
-        key_of=lambda fields: fields["key"],
-        handle=processor.handle,
-        claim_idle_ms=settings.stream_claim_idle_ms,
-        retain=settings.inbox_maxlen,
+        service="agent",
+        replica=replica,
+        shards=settings.stream_shards,
+        ttl_ms=settings.shard_lease_ttl_ms,
+        on_acquired=acquired,
+        on_released=released,
     )
-    consuming = asyncio.create_task(consumer.run())
-    try:
-        await progress.resume_all()
-    except Exception:
-        log.exception("could not resume progress relays; they resume on the next start")
+    leasing = asyncio.create_task(leases.run(), name="shard-leases")
 
     async def on_stop() -> None:
-        consumer.stop()
-        await consumer.drain(timeout_s=5.0)
-        consuming.cancel()
+        # Gives every shard back once its running turns finished (or stay pending for the next
+        # owner), so the other replicas take over at once.
+        await leases.stop()
+        leasing.cancel()
         watching.cancel()
         await progress.stop()
 

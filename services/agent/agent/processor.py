@@ -56,7 +56,8 @@ class Processor:
     async def handle(self, entry_id: str, fields: dict[str, str]) -> None:
         message = self.inbox.decode(fields)
         started = time.perf_counter()
-        stored = await self.redis.get(keys.agent_replies(message.message_sid))
+        user = phone_hash(message.sender, self.hash_salt)
+        stored = await self.redis.get(keys.agent_replies(user, message.message_sid))
         if stored is not None:
             # A redo (the send failed, or we crashed after committing): resend, don't recompute.
             answer = Answer.from_json(self.cipher.decrypt(stored))
@@ -66,7 +67,7 @@ class Processor:
         # Progress starts after the reply that announced the session, so it arrives after it; on
         # a redo too (starting a relay that already runs is a no-op).
         for session_id in answer.sessions:
-            self.progress.start(session_id)
+            self.progress.start(keys.shard_of(user), session_id)
         log.info(
             "message processed",
             extra={
@@ -89,10 +90,18 @@ class Processor:
         if not turn.cleared:
             state.remember(message.body, text)
         answer = Answer(text, [session_id for session_id, _ in turn.started_sessions])
+        # Records outside the user's slot first; written again by a redo, they change nothing.
+        for project_id in turn.linked_projects:
+            await self.store.add_project_user(phone, project_id)
+        for session_id, project in turn.started_sessions:
+            await self.progress.record_session(session_id, turn.caller, project)
+        # Then the turn itself, atomically (all in the user's slot).
         async with self.redis.pipeline(transaction=True) as pipe:
             self.store.save(pipe, state)
             pipe.set(
-                keys.agent_replies(message.message_sid), self.cipher.encrypt(answer.to_json()), ex=keys.DAY_S
+                keys.agent_replies(turn.caller, message.message_sid),
+                self.cipher.encrypt(answer.to_json()),
+                ex=keys.DAY_S,
             )
             for project_id in turn.linked_projects:
                 self.store.link_project(pipe, phone, project_id)

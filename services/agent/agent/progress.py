@@ -2,9 +2,12 @@
 
 A message when an agent finishes, batched so a user gets at most one progress message per
 BATCH_INTERVAL_S, then a final summary with test results and file links. Each relay is
-registered in Redis with the last event it reported, so an agent restart resumes every
-relay where it stopped, and idempotency keys (session + event number) make a resent
-message a no-op at the notifier.
+registered in Redis with the last event it reported, in the user's shard, and is run by the
+replica that owns that shard (`wacoder.leases`): exactly one replica relays a session, and
+whoever owns the shard next resumes it where it stopped. Idempotency keys (session + last
+event of the batch) make a resent message a no-op at the notifier, and a batch is written down
+(`sending`) before it is sent, so a relay resumed after a crash sends that same batch again
+rather than a differently cut one.
 """
 
 from __future__ import annotations
@@ -50,11 +53,14 @@ class ProgressRelay:
         self.batch_interval_s = batch_interval_s
         self.give_up_after_s = give_up_after_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._shard_of: dict[str, int] = {}
 
     def register(
         self, pipe: aioredis.client.Pipeline, session_id: str, to: str, caller: str, project: Project
     ) -> None:
-        key = keys.session_watch(session_id)
+        """Queues the relay's record on `pipe`, in the turn's transaction (the caller's shard)."""
+        shard = keys.shard_of(caller)
+        key = keys.session_watch(shard, session_id)
         # Where to send and the project's name are the user's: stored encrypted.
         pipe.hset(
             key,
@@ -66,9 +72,12 @@ class ProgressRelay:
             },
         )
         pipe.expire(key, keys.DAY_S)
-        pipe.sadd(keys.ACTIVE_WATCHES, session_id)
-        # The seed's session:{id}, for operators: unlike the watch above (which must know where
-        # to send), it holds no phone number and no task text.
+        pipe.sadd(keys.active_watches(shard), session_id)
+
+    async def record_session(self, session_id: str, caller: str, project: Project) -> None:
+        """The seed's session:{id}, for operators: unlike the watch (which must know where to
+        send), it holds no phone number and no task text. A slot of its own, so it is written
+        before the turn commits; a redo finds it there and leaves it."""
         now = time.time()
         record = {
             "session_id": session_id,
@@ -79,39 +88,53 @@ class ProgressRelay:
             "updated_at": now,
             "test_results": None,
         }
-        pipe.set(keys.session(session_id), json.dumps(record), ex=keys.SESSION_TTL_S)
+        await self.redis.set(keys.session(session_id), json.dumps(record), ex=keys.SESSION_TTL_S, nx=True)
 
-    def start(self, session_id: str) -> None:
+    def start(self, shard: int, session_id: str) -> None:
         """Relays the session unless it is relayed already (so starting again is harmless)."""
         if session_id not in self._tasks:
-            task = asyncio.create_task(self._relay(session_id))
+            task = asyncio.create_task(self._relay(shard, session_id))
             self._tasks[session_id] = task
-            # A finished relay is forgotten: the dict holds only the running ones.
-            task.add_done_callback(lambda _: self._tasks.pop(session_id, None))
+            self._shard_of[session_id] = shard
+
+            def forget(_: asyncio.Task[None]) -> None:
+                # A finished relay is forgotten: the dicts hold only the running ones.
+                self._tasks.pop(session_id, None)
+                self._shard_of.pop(session_id, None)
+
+            task.add_done_callback(forget)
 
     @property
     def running(self) -> int:
         return len(self._tasks)
 
-    async def resume_all(self) -> None:
-        for session_id in await self.redis.smembers(keys.ACTIVE_WATCHES):
-            self.start(session_id)
+    async def resume(self, shard: int) -> None:
+        """Relays every session of a shard this replica has just come to own."""
+        for session_id in await self.redis.smembers(keys.active_watches(shard)):
+            self.start(shard, session_id)
+
+    async def release(self, shard: int) -> None:
+        """Stops relaying a shard's sessions (its next owner resumes them)."""
+        await self._cancel([s for s, of in self._shard_of.items() if of == shard])
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
+        await self._cancel(list(self._tasks))
+
+    async def _cancel(self, session_ids: list[str]) -> None:
+        tasks = [self._tasks[s] for s in session_ids if s in self._tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _relay(self, session_id: str) -> None:
-        key = keys.session_watch(session_id)
+    async def _relay(self, shard: int, session_id: str) -> None:
+        key = keys.session_watch(shard, session_id)
         # Any contact (the watch reached AutoCoder, or an event arrived) ends an outage, so two
         # short blips far apart are two short outages, not one long one.
         outage = Outage()
         while True:
             watch = await self.redis.hgetall(key)
             if not watch:
-                await self.redis.srem(keys.ACTIVE_WATCHES, session_id)
+                await self.redis.srem(keys.active_watches(shard), session_id)
                 return
             try:
                 watch |= {
@@ -121,8 +144,9 @@ class ProgressRelay:
             except (InvalidToken, KeyError):
                 # Written under a key that is no longer configured: nobody can be told any more.
                 log.error("progress relay unreadable; dropped", extra={"session_id": session_id})
-                await self._forget(session_id)
+                await self._forget(shard, session_id)
                 return
+            watch["shard"] = str(shard)
             try:
                 await self._follow(session_id, watch, outage)
                 return
@@ -162,6 +186,11 @@ class ProgressRelay:
         reader = asyncio.create_task(read())
         pending: list[bridge_pb2.SessionEvent] = []
         last_sent = time.monotonic()
+        # A batch written down but perhaps not sent (a crash, or the shard moved): cut it again
+        # exactly there, so its resend carries the same idempotency key.
+        replay_until = int(watch.get("sending") or 0)
+        if replay_until <= int(watch["after"]):
+            replay_until = 0
         try:
             while True:
                 wait = max(0.0, last_sent + self.batch_interval_s - time.monotonic()) if pending else None
@@ -183,8 +212,14 @@ class ProgressRelay:
                     await self._record_end(session_id, event)
                     await self._finish(session_id, watch, [text], files=await self._files(session_id, watch))
                     return
+                if replay_until and event.seq > replay_until and pending:
+                    await self._send_batch(session_id, watch, pending)
+                    pending, last_sent, replay_until = [], time.monotonic(), 0
                 if event.agent_status in AGENT_ICONS:
                     pending.append(event)
+                if replay_until and event.seq == replay_until and pending:
+                    await self._send_batch(session_id, watch, pending)
+                    pending, last_sent, replay_until = [], time.monotonic(), 0
         finally:
             reader.cancel()
 
@@ -193,8 +228,10 @@ class ProgressRelay:
     ) -> None:
         last = batch[-1].seq
         text = "\n".join(map(agent_line, batch))
+        key = keys.session_watch(int(watch["shard"]), session_id)
+        await self.redis.hset(key, "sending", last)
         await self.outbound.send(watch["to"], text, key=f"progress:{session_id}:{last}")
-        await self.redis.hset(keys.session_watch(session_id), "after", last)
+        await self.redis.hset(key, "after", last)
         watch["after"] = str(last)
 
     async def _files(self, session_id: str, watch: dict[str, str]) -> list[dict[str, Any]]:
@@ -227,12 +264,12 @@ class ProgressRelay:
             texts = [texts[0] + "\n\n" + files_text(files)]
         for text in texts:
             await self.outbound.send(watch["to"], text, key=f"progress:{session_id}:final")
-        await self._forget(session_id)
+        await self._forget(int(watch["shard"]), session_id)
 
-    async def _forget(self, session_id: str) -> None:
+    async def _forget(self, shard: int, session_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.session_watch(session_id))
-            pipe.srem(keys.ACTIVE_WATCHES, session_id)
+            pipe.delete(keys.session_watch(shard, session_id))
+            pipe.srem(keys.active_watches(shard), session_id)
             await pipe.execute()
 
 

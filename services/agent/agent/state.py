@@ -79,11 +79,18 @@ class StateStore:
         )
 
     def link_project(self, pipe: aioredis.client.Pipeline, phone: str, project_id: str) -> None:
-        """The seed's two-way index: user:{user}:projects (newest first) and project:{id}:users
-        (user hashes); both expire INDEX_TTL_S after the last time the user touched a project."""
+        """The user's side of the seed's two-way index, user:{user}:projects (newest first),
+        queued on `pipe` with the rest of the turn (the user's slot); it expires INDEX_TTL_S
+        after the last time the user touched a project."""
         user = self.user(phone)
         pipe.lrem(keys.user_projects(user), 0, project_id)
         pipe.lpush(keys.user_projects(user), project_id)
         pipe.expire(keys.user_projects(user), keys.INDEX_TTL_S)
-        pipe.sadd(keys.project_users(project_id), user)
-        pipe.expire(keys.project_users(project_id), keys.INDEX_TTL_S)
+
+    async def add_project_user(self, phone: str, project_id: str) -> None:
+        """The project's side, project:{id}:users (user hashes): a slot of its own, so it is
+        written before the turn commits; writing it again on a redo changes nothing."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(keys.project_users(project_id), self.user(phone))
+            pipe.expire(keys.project_users(project_id), keys.INDEX_TTL_S)
+            await pipe.execute()

@@ -9,6 +9,7 @@ import logging
 from wacoder.botconfig import BotConfigSource
 from wacoder.crypto import StateCipher
 from wacoder.grpc import serve
+from wacoder.leases import ShardLeases, replica_name
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import connect, ping
@@ -34,18 +35,32 @@ async def run() -> None:
     outbox = Outbox(redis, cipher, settings)
     sender = TwilioSender(settings)
     limiter = SendRateLimiter(redis, settings.twilio_whatsapp_number, settings.notifier_send_rate_per_s)
-    worker = OutboxWorker(redis, outbox, sender, limiter, settings)
-    worker_task = asyncio.create_task(worker.run(), name="outbox-worker")
+    worker = OutboxWorker(
+        redis, outbox, sender, limiter, settings, consumer=replica_name(settings, settings.notifier_addr)
+    )
+    # Which outbox shards this replica sends: a shard at a time, one replica per shard.
+    leases = ShardLeases(
+        redis,
+        service="notifier",
+        replica=worker.consumer,
+        shards=settings.stream_shards,
+        ttl_ms=settings.shard_lease_ttl_ms,
+        on_acquired=worker.shards.start,
+        on_released=worker.shards.stop,
+    )
+    leasing = asyncio.create_task(leases.run(), name="shard-leases")
     bot_config = BotConfigSource(settings)
     watching = asyncio.create_task(bot_config.watch(), name="bot-config")
     log.info("notifier starting", extra={"consumer": worker.consumer})
 
     async def on_stop() -> None:
-        # Sends already at Twilio get recorded; everything else stays pending for the restart.
-        await worker.stop()
-        worker_task.cancel()
+        # Sends already at Twilio get recorded; everything else stays pending for the shards'
+        # next owners, who take over at once: the leases are given back.
+        worker.stopping.set()
+        await leases.stop()
+        leasing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await worker_task
+            await leasing
 
     # /livez, /readyz: ready while Redis (its outbox) answers.
     ops = await start_ops_server(settings.metrics_host, settings.notifier_metrics_port, lambda: ping(redis))

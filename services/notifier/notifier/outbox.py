@@ -8,6 +8,8 @@ Everything that changes the outbox together with something else happens in one a
 - dead letter: XADD to the dead-letter stream + XACK/XDEL;
 - park (63016): RPUSH to the recipient's parked list + counter + XACK/XDEL.
 Acknowledged entries are deleted, so the stream holds only what is still to be sent.
+Each recipient's entries go to their shard's stream, and every key these steps touch carries
+that shard's hash tag: one slot, so each step is atomic on a Redis Cluster too.
 
 Before every POST to Twilio the entry gets an in-flight marker (`keys.outbox_in_flight`): when
 the entry is handled again (after a crash, by a peer, or after an attempt whose answer we never
@@ -34,9 +36,10 @@ log = logging.getLogger("notifier.outbox")
 MAX_BODY = 1600
 
 
-# KEYS[1] outbound_seen, KEYS[2] outbox stream, KEYS[3] the recipient's parked list, KEYS[4] the
-# recipient's last-inbound mark. ARGV[1] ttl, ARGV[2] number of parts, ARGV[3] fields per part,
-# ARGV[4] "1" if the recipient is whitelisted, then the parts' field/value pairs.
+# KEYS[1] outbound_seen, KEYS[2] the recipient's outbox shard, KEYS[3] the recipient's parked
+# list, KEYS[4] the recipient's last-inbound mark (one slot: the recipient's shard tag).
+# ARGV[1] ttl, ARGV[2] number of parts, ARGV[3] fields per part, ARGV[4] "1" if the recipient
+# is whitelisted, then the parts' field/value pairs.
 # Returns {0 queued / 1 duplicate / 2 refused, comma-separated outbox ids}.
 _ENQUEUE = """
 local existing = redis.call('GET', KEYS[1])
@@ -81,6 +84,10 @@ class OutboxEntry:
     @property
     def to_hash(self) -> str:
         return self.fields.get("to_hash", "")
+
+    @property
+    def shard(self) -> int:
+        return keys.shard_of(self.to_hash)
 
     @property
     def idempotency_key(self) -> str:
@@ -179,8 +186,8 @@ class Outbox:
             for name in _FIELDS:
                 argv += [name, values[name]]
         script_keys = [
-            keys.outbound_seen(idempotency_key),
-            keys.OUTBOX_STREAM,
+            keys.outbound_seen(to_hash, idempotency_key),
+            keys.outbox_stream(keys.shard_of(to_hash)),
             keys.outbox_parked(to_hash),
             keys.last_inbound(to_hash),
         ]
@@ -199,8 +206,8 @@ class Outbox:
     async def prior_state(self, entry: OutboxEntry) -> PriorState:
         """Sent marker and in-flight marker, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(keys.outbox_sent(entry.id))
-            pipe.hgetall(keys.outbox_in_flight(entry.id))
+            pipe.exists(keys.outbox_sent(entry.shard, entry.id))
+            pipe.hgetall(keys.outbox_in_flight(entry.shard, entry.id))
             sent, marker = await pipe.execute()
 
         def when(name: str) -> float | None:
@@ -213,7 +220,7 @@ class Outbox:
         """Written just before a POST: a request may reach Twilio from here on. `first_at` keeps
         the earliest attempt (the lower bound of a reconciliation search), `last_at` the latest
         (when a request still on its way may have landed)."""
-        marker = keys.outbox_in_flight(entry.id)
+        marker = keys.outbox_in_flight(entry.shard, entry.id)
         now = f"{time.time():.3f}"
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(marker, "first_at", now)
@@ -224,12 +231,13 @@ class Outbox:
     async def sid_belongs_to_another(self, sid: str, entry: OutboxEntry) -> bool:
         """True when `sid` is already recorded as the delivery of a different outbox entry (an
         identical text sent to the same user), so it cannot be the proof that this one went."""
-        owner = await self.redis.hget(keys.delivery(sid), "outbox_id")
+        owner = await self.redis.hget(keys.delivery(entry.to_hash, sid), "outbox_id")
         return bool(owner) and owner != entry.id
 
     async def mark_accepted(self, entry: OutboxEntry, sid: str) -> None:
         """Twilio accepted the entry: record it and acknowledge it in one atomic round trip."""
         script_keys, argv = delivery.record_accepted_args(
+            entry.to_hash,
             sid,
             {
                 "to_hash": entry.to_hash,
@@ -240,10 +248,8 @@ class Outbox:
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.eval(delivery.APPLY_SCRIPT, len(script_keys), *script_keys, *argv)
-            pipe.set(keys.outbox_sent(entry.id), sid, ex=keys.OUTBOX_SENT_TTL_S)
-            pipe.delete(keys.outbox_in_flight(entry.id))
-            pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
-            pipe.xdel(keys.OUTBOX_STREAM, entry.id)
+            pipe.set(keys.outbox_sent(entry.shard, entry.id), sid, ex=keys.OUTBOX_SENT_TTL_S)
+            self._finish(pipe, entry)
             await pipe.execute()
 
     async def dead_letter(self, entry: OutboxEntry, reason: dict[str, str]) -> None:
@@ -257,10 +263,13 @@ class Outbox:
             "failed_at": f"{time.time():.3f}",
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.DEAD_LETTER_STREAM, record, maxlen=keys.DEAD_LETTER_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            pipe.delete(keys.outbox_in_flight(entry.id))
-            pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
-            pipe.xdel(keys.OUTBOX_STREAM, entry.id)
+            pipe.xadd(
+                keys.dead_letters(entry.shard),
+                record,  # type: ignore[arg-type]
+                maxlen=keys.DEAD_LETTER_MAXLEN,
+                approximate=True,
+            )
+            self._finish(pipe, entry)
             await pipe.execute()
 
     async def park(self, entry: OutboxEntry) -> None:
@@ -269,16 +278,21 @@ class Outbox:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(parked, entry.payload())
             pipe.expire(parked, keys.PARKED_TTL_S)
-            pipe.incr(keys.OUTSIDE_WINDOW_COUNTER)
-            pipe.delete(keys.outbox_in_flight(entry.id))
-            pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
-            pipe.xdel(keys.OUTBOX_STREAM, entry.id)
+            pipe.incr(keys.outside_window_counter(entry.shard))
+            self._finish(pipe, entry)
             await pipe.execute()
 
     async def ack(self, entry: OutboxEntry) -> None:
         """Drops an entry another consumer already got accepted (see `keys.outbox_sent`)."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.outbox_in_flight(entry.id))
-            pipe.xack(keys.OUTBOX_STREAM, keys.OUTBOX_GROUP, entry.id)
-            pipe.xdel(keys.OUTBOX_STREAM, entry.id)
+            self._finish(pipe, entry)
             await pipe.execute()
+
+    @staticmethod
+    def _finish(pipe: aioredis.client.Pipeline, entry: OutboxEntry) -> None:
+        """The end of every entry, in the same transaction as its record: marker gone, entry
+        acknowledged and deleted."""
+        stream = keys.outbox_stream(entry.shard)
+        pipe.delete(keys.outbox_in_flight(entry.shard, entry.id))
+        pipe.xack(stream, keys.OUTBOX_GROUP, entry.id)
+        pipe.xdel(stream, entry.id)

@@ -1,10 +1,9 @@
 """The outbox worker: sends every outbox entry through Twilio to a final state.
 
 The stream mechanics (consumer group, a lane per recipient so that their entries go one at a
-time in order, resuming our own pending entries after a restart, claiming a dead peer's,
-the heartbeat that keeps what we hold, surviving Redis outages, graceful stop) are
-`wacoder.streams.KeyedStreamConsumer`, shared with the agent's inbox. This module is only the
-sending policy for one entry:
+time in order, taking over a shard's pending entries, surviving Redis outages, graceful stop)
+are `wacoder.streams`, shared with the agent's inbox; which outbox shards this replica works
+on is `wacoder.leases` (wired in main). This module is only the sending policy for one entry:
 - attempts with exponential backoff and jitter on 429/5xx/no answer, Retry-After honoured;
 - the shared per-sender rate limit;
 - 63016 (outside the 24-hour window): parked; any other 4xx or too many attempts: dead letter;
@@ -21,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from redis.exceptions import RedisError
 from wacoder import keys
 from wacoder.crypto import InvalidToken
 from wacoder.settings import Settings
-from wacoder.streams import KeyedStreamConsumer, Outcome
+from wacoder.streams import KeyedStreamConsumer, Outcome, ShardConsumers
 
 from notifier.backoff import backoff_delay
 from notifier.outbox import Message, Outbox, OutboxEntry, PriorState
@@ -41,23 +39,11 @@ from notifier.twilio_sender import SendOutcome, TwilioSender
 
 log = logging.getLogger("notifier.worker")
 
-# Entries held in memory at most (in lanes); beyond that the stream is the queue.
-MAX_IN_MEMORY = 2000
+# Entries held in memory at most per shard (in lanes); beyond that the stream is the queue.
+MAX_IN_MEMORY = 500
 REDIS_RETRY_MAX_S = 5.0
 # SIGTERM: how long sends already on the wire get to finish and be recorded.
 STOP_GRACE_S = 8.0
-
-
-def consumer_name(settings: Settings) -> str:
-    """Stable across restarts of the same replica, distinct between replicas.
-
-    NOTIFIER_CONSUMER wins; otherwise hostname (the pod name in Kubernetes) plus the gRPC
-    port, so two notifiers on one machine never share a name (they cannot share a port).
-    """
-    if settings.notifier_consumer:
-        return settings.notifier_consumer
-    port = settings.notifier_addr.rpartition(":")[2]
-    return f"{socket.gethostname()}:{port}"
 
 
 @dataclass(frozen=True)
@@ -78,37 +64,33 @@ class OutboxWorker:
         sender: TwilioSender,
         limiter: SendRateLimiter,
         settings: Settings,
+        *,
+        consumer: str,
     ) -> None:
+        self.redis = redis
         self.outbox = outbox
         self.sender = sender
         self.limiter = limiter
         self.settings = settings
-        self.consumer = consumer_name(settings)
-        self.stream = KeyedStreamConsumer(
-            redis,
-            stream=keys.OUTBOX_STREAM,
+        self.consumer = consumer
+        # Set when the process stops: retries and backoffs end, the entry stays pending.
+        self.stopping = asyncio.Event()
+        # The owned shards' consumers; the shard leases start and stop them.
+        self.shards = ShardConsumers(self._consumer_for, drain_s=STOP_GRACE_S)
+        self._rng = random.Random()
+
+    def _consumer_for(self, shard: int) -> KeyedStreamConsumer:
+        return KeyedStreamConsumer(
+            self.redis,
+            stream=keys.outbox_stream(shard),
             group=keys.OUTBOX_GROUP,
             consumer=self.consumer,
             key_of=lambda fields: fields.get("to_hash", ""),
             handle=self._handle,
-            claim_idle_ms=settings.stream_claim_idle_ms,
+            claim_idle_ms=self.settings.stream_claim_idle_ms,
             max_in_flight=MAX_IN_MEMORY,
+            take_over=True,
         )
-        self._rng = random.Random()
-
-    async def run(self) -> None:
-        """Runs until `stop()`; never raises for Redis trouble."""
-        await self.stream.run()
-
-    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stops reading; lets sends already at Twilio finish and be recorded; the rest stays
-        pending under our consumer name, resumed on the next start (or claimed by a peer)."""
-        self.stream.stop()
-        await self.stream.drain(grace_s)
-
-    @property
-    def stopping(self) -> asyncio.Event:
-        return self.stream.stopping
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> Outcome:
         finished = await self._process(OutboxEntry(entry_id, dict(fields)))

@@ -1,14 +1,22 @@
 """Who gets in, in one Redis round trip per message.
 
-A whitelisted sender: one script spots a Twilio replay (MessageSid already accepted), counts the
-per-phone and global rate limits, and opens the user's 24-hour window. A stranger: one script
-counts them against the strangers' limit. Either way a refusal the user hears about (a paid
-message) is said at most once per window: the rate-limit notice once per rate window, the
-not-authorized notice once an hour per number.
+A whitelisted sender: one script in the user's slot spots a Twilio replay (MessageSid already
+accepted), counts the per-phone limit and opens the user's 24-hour window; at the same time
+(concurrently, so still one round trip) the global counter, in a slot of its own, counts the
+message. A stranger: one script counts them against the strangers' limit. Either way a refusal
+the user hears about (a paid message) is said at most once per window: the rate-limit notice
+once per rate window, the not-authorized notice once an hour per number.
+
+The global limit stays exact across shards (docs/adr/0007-scale-out.md): every message is
+counted, and one the user's script refused (a replay, or over the per-phone limit) is counted
+back. So the counter is never below the messages it admitted and the limit is never exceeded;
+it can run ahead by the refusals whose counting-back is still in flight (at most the requests
+being handled at that moment, or, if a webhook dies between the two, until the window ends).
 """
 
 from __future__ import annotations
 
+import asyncio
 from enum import StrEnum
 
 import redis.asyncio as aioredis
@@ -19,25 +27,32 @@ from wacoder.phones import phone_hash
 
 RATE_WINDOW_S = 60
 
-# KEYS: seen mark, per-phone counter, global counter, rate-limit notice, last-inbound mark.
-# ARGV: per-phone limit, global limit, window, 24-hour window.
+# KEYS (the user's slot): seen mark, per-phone counter, rate-limit notice, last-inbound mark.
+# ARGV: per-phone limit, window, 24-hour window.
 # A replay is not counted against the limits: Twilio retrying is not the user typing.
 _ADMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
 local phone = redis.call('INCR', KEYS[2])
-if phone == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-local limited = phone > tonumber(ARGV[1])
-if not limited then
-  local all = redis.call('INCR', KEYS[3])
-  if all == 1 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
-  limited = all > tonumber(ARGV[2])
-end
-if limited then
-  if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then return 'rate_limited' end
+if phone == 1 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+if phone > tonumber(ARGV[1]) then
+  if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then return 'rate_limited' end
   return 'rate_limited_quiet'
 end
-redis.call('SET', KEYS[5], '1', 'EX', ARGV[4])
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
 return 'ok'
+"""
+
+# KEYS: the global counter. ARGV: window. Returns the count including this message.
+_COUNT = """
+local all = redis.call('INCR', KEYS[1])
+if all == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return all
+"""
+# KEYS: the global counter. Counts a message back, unless its window has already ended (a new
+# window must not start below zero, nor without its expiry).
+_UNCOUNT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return 0
 """
 
 # KEYS: strangers' counter, not-authorized notice. ARGV: strangers' limit, window, notice TTL.
@@ -65,9 +80,12 @@ class Admission(StrEnum):
 
 class Gate:
     def __init__(self, redis: aioredis.Redis, config: BotConfigSource, hash_salt: str) -> None:
+        self.redis = redis
         self.config = config
         self.hash_salt = hash_salt
         self._admit = redis.register_script(_ADMIT)
+        self._count = redis.register_script(_COUNT)
+        self._uncount = redis.register_script(_UNCOUNT)
         self._stranger = redis.register_script(_STRANGER)
 
     async def admit(self, phone: str, message_sid: str) -> Admission:
@@ -76,17 +94,26 @@ class Gate:
         user = phone_hash(phone, self.hash_salt)
         if not config.is_allowed(phone):
             return await self._refuse_stranger(user, config.global_per_minute)
-        verdict = await self._admit(
-            keys=[
-                keys.inbound_seen(message_sid),
-                keys.rate_limit(user),
-                keys.RATE_LIMIT_GLOBAL,
-                keys.refusal_notice("rate_limit", user),
-                keys.last_inbound(user),
-            ],
-            args=[config.per_phone_per_minute, config.global_per_minute, RATE_WINDOW_S, keys.WINDOW_S],
+        notice = keys.refusal_notice("rate_limit", user)
+        verdict, everybody = await asyncio.gather(
+            self._admit(
+                keys=[
+                    keys.inbound_seen(user, message_sid),
+                    keys.rate_limit(user),
+                    notice,
+                    keys.last_inbound(user),
+                ],
+                args=[config.per_phone_per_minute, RATE_WINDOW_S, keys.WINDOW_S],
+            ),
+            self._count(keys=[keys.RATE_LIMIT_GLOBAL], args=[RATE_WINDOW_S]),
         )
-        return Admission(verdict)
+        if verdict != Admission.OK:
+            await self._uncount(keys=[keys.RATE_LIMIT_GLOBAL])  # not admitted: counted back
+            return Admission(verdict)
+        if int(everybody) > config.global_per_minute:
+            told = await self.redis.set(notice, "1", nx=True, ex=RATE_WINDOW_S)
+            return Admission.RATE_LIMITED if told else Admission.RATE_LIMITED_QUIET
+        return Admission.OK
 
     async def _refuse_stranger(self, user: str, limit: int) -> Admission:
         try:

@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.deps = Deps(
             settings=settings,
             redis=redis,
+            hash_salt=settings.secret("phone_hash_salt"),
             signatures=SignatureChecker(settings.public_base_url, settings.secret("twilio_auth_token")),
             gate=Gate(redis, bot_config, settings.secret("phone_hash_salt")),
             handoff=Handoff(

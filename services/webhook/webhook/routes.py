@@ -34,6 +34,7 @@ router = APIRouter()
 class Deps:
     settings: Settings
     redis: aioredis.Redis
+    hash_salt: str
     signatures: SignatureChecker
     gate: Gate
     handoff: Handoff
@@ -105,11 +106,12 @@ async def status(request: Request) -> Response:
         form = await read_form(request)
         if not deps.signatures.is_valid(request, form):
             return _plain(403, "forbidden")
-        required(form, "MessageSid", "MessageStatus")
+        # `To` (the recipient) places the delivery record in its recipient's slot.
+        required(form, "MessageSid", "MessageStatus", "To")
     except FormRejected as rejected:
         return _plain(rejected.status, rejected.reason)
     try:
-        await record_status(deps.redis, form)
+        await record_status(deps.redis, form, deps.hash_salt)
     except RedisError:
         # Twilio retries a callback that failed; nothing is lost by refusing it now.
         return _plain(503, "temporarily unavailable")
