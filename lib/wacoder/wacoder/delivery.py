@@ -18,12 +18,12 @@ import hashlib
 import time
 from collections.abc import Mapping
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from wacoder import keys
 from wacoder.keys import DELIVERY_TTL_S, PARKED_TTL_S
 from wacoder.phones import phone_hash
+from wacoder.redis import Store
 
 __all__ = ["APPLY_SCRIPT", "OUTSIDE_WINDOW_ERROR", "record_accepted_args", "record_status"]
 
@@ -87,7 +87,7 @@ def _keys(to_hash: str, sid: str) -> list[str]:
     ]
 
 
-async def record_status(redis: aioredis.Redis, form: Mapping[str, str], hash_salt: str) -> None:
+async def record_status(redis: Store, form: Mapping[str, str], hash_salt: str) -> None:
     """Records one Twilio status callback (`MessageSid`, `MessageStatus`, `ErrorCode`, and `To`,
     whose hash places the record in its recipient's slot).
 

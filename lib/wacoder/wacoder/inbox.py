@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from wacoder import keys
 from wacoder.crypto import StateCipher
 from wacoder.phones import phone_hash
+from wacoder.redis import Replication, Store
 from wacoder.v1 import agent_pb2
 
 # KEYS[1] = dedup mark, KEYS[2] = the sender's inbox shard (one slot: the sender's shard tag);
@@ -39,24 +38,39 @@ class Enqueued:
 
 
 class Inbox:
-    def __init__(self, redis: aioredis.Redis, cipher: StateCipher, hash_salt: str) -> None:
+    def __init__(self, redis: Store, cipher: StateCipher, hash_salt: str, replication: Replication) -> None:
+        """`replication`: the write waits for a Redis replica before it counts as stored (a 200
+        to Twilio depends on it, docs/adr/0007)."""
         self.redis = redis
         self.cipher = cipher
         self.hash_salt = hash_salt
+        self.replication = replication
         self._enqueue = redis.register_script(_ENQUEUE)
 
     async def enqueue(self, message: agent_pb2.InboundMessage) -> Enqueued:
         # The message text is user data: it is stored encrypted, like conversation state.
         payload = self.cipher.encrypt(message.SerializeToString().hex())
         user = phone_hash(message.sender, self.hash_salt)
-        entry_id = await self._enqueue(
-            keys=[keys.inbound_seen(user, message.message_sid), keys.inbox_stream(keys.shard_of(user))],
-            # One sender's messages are handled in order: the hashed sender is the ordering key.
-            args=[message.message_sid, keys.DEDUP_TTL_S, user, payload],
-        )
+        seen = keys.inbound_seen(user, message.message_sid)
+
+        async def write(client: Store) -> str:
+            reply = await self._enqueue(
+                keys=[seen, keys.inbox_stream(keys.shard_of(user))],
+                # One sender's messages are handled in order: the hashed sender is the ordering key.
+                args=[message.message_sid, keys.DEDUP_TTL_S, user, payload],
+                client=client,
+            )
+            return str(reply or "")
+
+        entry_id = await self.replication.run(seen, write)
         return Enqueued(duplicate=not entry_id, entry_id=entry_id or "")
 
     def decode(self, fields: dict[str, str]) -> agent_pb2.InboundMessage:
-        message = agent_pb2.InboundMessage()
-        message.ParseFromString(bytes.fromhex(self.cipher.decrypt(fields["payload"])))
-        return message
+        return decode_entry(self.cipher, fields)
+
+
+def decode_entry(cipher: StateCipher, fields: dict[str, str]) -> agent_pb2.InboundMessage:
+    """The message an inbox entry holds."""
+    message = agent_pb2.InboundMessage()
+    message.ParseFromString(bytes.fromhex(cipher.decrypt(fields["payload"])))
+    return message

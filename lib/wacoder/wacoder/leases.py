@@ -33,10 +33,10 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wacoder import keys
+from wacoder.redis import Store
 from wacoder.settings import Settings
 
 log = logging.getLogger("wacoder.leases")
@@ -76,7 +76,7 @@ def replica_name(settings: Settings, listen_addr: str) -> str:
 class ShardLeases:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Store,
         *,
         service: str,
         replica: str,

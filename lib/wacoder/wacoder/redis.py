@@ -1,6 +1,6 @@
-"""The Redis connection every service uses (one pool per process): `connect()` for a standalone
-Redis, `open_redis()` for any topology (standalone, Redis Cluster, Sentinel), and `Replication`
-for writes that must survive a failover."""
+"""The Redis connection every service uses (one pool per process): `open_redis()` for any
+topology (standalone, Redis Cluster, Sentinel), and `Replication` for writes that must survive
+a failover."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, TypeAlias, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import AskError, RedisError, ResponseError
@@ -21,22 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from wacoder.settings import Settings
 
 
-def connect(settings: Settings) -> aioredis.Redis:
-    """A client with its own pool; decode_responses so callers deal in str, not bytes.
-
-    Short socket timeouts: a Redis that stopped answering must turn into an error the caller
-    can act on (a 503, a retry) within a second or two, not a hung request.
-    """
-    return aioredis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        health_check_interval=15,
-    )
-
-
-async def ping(client: aioredis.Redis) -> bool:
+async def ping(client: Store) -> bool:
     try:
         return bool(await client.ping())
     except Exception:
@@ -50,8 +35,11 @@ log = logging.getLogger("wacoder.redis")
 # What a service holds: a plain client (standalone Redis, or the master behind Sentinel) or a cluster
 # client. Both speak the same commands for single-key (or single-slot) work.
 Store: TypeAlias = aioredis.Redis | RedisCluster
+# A pipeline of either (a MULTI on a cluster must stay within one slot).
+Pipe: TypeAlias = aioredis.client.Pipeline | ClusterPipeline
 
-# The options of `connect()`, for every kind of client open_redis makes.
+# Every kind of client open_redis makes: short socket timeouts, so a Redis that stopped answering
+# turns into an error the caller can act on (a 503, a retry) within seconds, not a hung request.
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
     "socket_connect_timeout": 2.0,
@@ -66,7 +54,7 @@ _SENTINEL_PORT = 26379
 async def open_redis(settings: Settings) -> Store:
     """A client for whatever `settings.redis_url` names.
 
-    - `redis://` / `rediss://` of a standalone Redis: a plain client (as `connect()`).
+    - `redis://` / `rediss://` of a standalone Redis: a plain client.
     - the same URL of ANY node of a Redis Cluster, master or replica: a cluster client, which
       discovers the other nodes from it. Cluster mode has db 0 only.
     - `redis+sentinel://[[user]:password@]host:port[,host2:port2...]/service_name[/db][?options]`:

@@ -36,8 +36,9 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
+
+from wacoder.redis import Store
 
 log = logging.getLogger("wacoder.streams")
 
@@ -100,7 +101,7 @@ class ShardConsumers:
 class KeyedStreamConsumer:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Store,
         *,
         stream: str,
         group: str,

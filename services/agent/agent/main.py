@@ -14,7 +14,7 @@ from wacoder.inbox import Inbox
 from wacoder.leases import ShardLeases, replica_name
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
-from wacoder.redis import connect, ping
+from wacoder.redis import Replication, open_redis, ping
 from wacoder.settings import Settings, service_settings
 from wacoder.streams import KeyedStreamConsumer, ShardConsumers
 from wacoder.v1 import agent_pb2_grpc, bridge_pb2_grpc, notifier_pb2_grpc
@@ -42,10 +42,11 @@ def free_text_responder(
 
 
 async def serve(settings: Settings) -> None:
-    redis = connect(settings)
+    redis = await open_redis(settings)
+    replication = Replication.from_settings(redis, settings)
     cipher = StateCipher.from_settings(settings)
     salt = settings.secret("phone_hash_salt")
-    inbox = Inbox(redis, cipher, salt)
+    inbox = Inbox(redis, cipher, salt, replication)
     bot_config = BotConfigSource(settings)
     watching = asyncio.create_task(bot_config.watch())
     bridge_channel = wgrpc.channel(settings.mcp_bridge_addr, settings)
@@ -125,6 +126,7 @@ async def serve(settings: Settings) -> None:
     await ops.stop()
     await bridge_channel.close()
     await notifier_channel.close()
+    await replication.aclose()
     await redis.aclose()
 
 

@@ -12,11 +12,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from wacoder import keys
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.phones import phone_hash, to_e164
+from wacoder.redis import Store
 from wacoder.v1 import agent_pb2
 
 from agent.autocoder import AutoCoder
@@ -33,7 +33,7 @@ class Processor:
     def __init__(
         self,
         *,
-        redis: aioredis.Redis,
+        redis: Store,
         cipher: StateCipher,
         inbox: Inbox,
         store: StateStore,

@@ -18,10 +18,10 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from wacoder import keys
 from wacoder.crypto import InvalidToken, StateCipher
+from wacoder.redis import Pipe, Store
 from wacoder.v1 import bridge_pb2
 
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError
@@ -38,7 +38,7 @@ AGENT_ICONS = {"done": "✅", "failed": "❌", "skipped": "⏭️"}
 class ProgressRelay:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Store,
         cipher: StateCipher,
         autocoder: AutoCoder,
         outbound: Outbound,
@@ -55,9 +55,7 @@ class ProgressRelay:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._shard_of: dict[str, int] = {}
 
-    def register(
-        self, pipe: aioredis.client.Pipeline, session_id: str, to: str, caller: str, project: Project
-    ) -> None:
+    def register(self, pipe: Pipe, session_id: str, to: str, caller: str, project: Project) -> None:
         """Queues the relay's record on `pipe`, in the turn's transaction (the caller's shard)."""
         shard = keys.shard_of(caller)
         key = keys.session_watch(shard, session_id)

@@ -9,10 +9,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from wacoder import keys
 from wacoder.crypto import InvalidToken, StateCipher
 from wacoder.phones import phone_hash
+from wacoder.redis import Pipe, Store
 
 # The seed's memory window: the last 10 exchanges (a user message and the bot's answer each).
 MEMORY_EXCHANGES = 10
@@ -52,7 +52,7 @@ class ConversationState:
 
 
 class StateStore:
-    def __init__(self, redis: aioredis.Redis, cipher: StateCipher, hash_salt: str) -> None:
+    def __init__(self, redis: Store, cipher: StateCipher, hash_salt: str) -> None:
         self.redis = redis
         self.cipher = cipher
         self.hash_salt = hash_salt
@@ -70,7 +70,7 @@ class StateStore:
             # Written under another key (the key was rotated): start afresh rather than fail.
             return ConversationState(phone=phone)
 
-    def save(self, pipe: aioredis.client.Pipeline, state: ConversationState) -> None:
+    def save(self, pipe: Pipe, state: ConversationState) -> None:
         """Queues the write on `pipe`, so it commits atomically with the replies it produced."""
         pipe.set(
             keys.conversation(self.user(state.phone)),
@@ -78,7 +78,7 @@ class StateStore:
             ex=keys.CONVERSATION_TTL_S,
         )
 
-    def link_project(self, pipe: aioredis.client.Pipeline, phone: str, project_id: str) -> None:
+    def link_project(self, pipe: Pipe, phone: str, project_id: str) -> None:
         """The user's side of the seed's two-way index, user:{user}:projects (newest first),
         queued on `pipe` with the rest of the turn (the user's slot); it expires INDEX_TTL_S
         after the last time the user touched a project."""

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from wacoder import keys
 from wacoder.crypto import InvalidToken, StateCipher
+from wacoder.redis import Store
 
 log = logging.getLogger("mcp_bridge.cache")
 
@@ -40,7 +40,7 @@ class CacheSlot:
 
 
 class ResultCache:
-    def __init__(self, redis: aioredis.Redis, cipher: StateCipher) -> None:
+    def __init__(self, redis: Store, cipher: StateCipher) -> None:
         self.redis = redis
         self.cipher = cipher
 

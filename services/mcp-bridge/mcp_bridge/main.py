@@ -14,7 +14,7 @@ from wacoder.crypto import StateCipher
 from wacoder.grpc import serve
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
-from wacoder.redis import connect
+from wacoder.redis import open_redis
 from wacoder.settings import require_secrets
 from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
@@ -30,7 +30,7 @@ SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["McpBridgeService"].full_n
 
 
 async def run(settings: BridgeSettings) -> None:
-    redis = connect(settings)
+    redis = await open_redis(settings)
     # Required in production (require_secrets); a development AutoCoder may run without one.
     api_key = settings.autocoder_api_key.get_secret_value() if settings.autocoder_api_key else None
     session = McpSession(

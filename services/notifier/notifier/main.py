@@ -12,7 +12,7 @@ from wacoder.grpc import serve
 from wacoder.leases import ShardLeases, replica_name
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
-from wacoder.redis import connect, ping
+from wacoder.redis import open_redis, ping
 from wacoder.settings import service_settings
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
@@ -30,7 +30,7 @@ SERVICE_NAME = notifier_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_
 async def run() -> None:
     settings = service_settings("notifier")
     setup_logging(settings, "notifier")
-    redis = connect(settings)
+    redis = await open_redis(settings)
     cipher = StateCipher.from_settings(settings)
     outbox = Outbox(redis, cipher, settings)
     sender = TwilioSender(settings)

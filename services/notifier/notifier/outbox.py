@@ -25,10 +25,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from wacoder import delivery, keys
 from wacoder.crypto import StateCipher
 from wacoder.phones import phone_hash, to_whatsapp
+from wacoder.redis import Pipe, Store
 from wacoder.settings import Settings
 
 log = logging.getLogger("notifier.outbox")
@@ -137,7 +137,7 @@ def split_body(body: str) -> list[str]:
 
 
 class Outbox:
-    def __init__(self, redis: aioredis.Redis, cipher: StateCipher, settings: Settings) -> None:
+    def __init__(self, redis: Store, cipher: StateCipher, settings: Settings) -> None:
         self.redis = redis
         self.cipher = cipher
         self.salt = settings.secret("phone_hash_salt")
@@ -289,7 +289,7 @@ class Outbox:
             await pipe.execute()
 
     @staticmethod
-    def _finish(pipe: aioredis.client.Pipeline, entry: OutboxEntry) -> None:
+    def _finish(pipe: Pipe, entry: OutboxEntry) -> None:
         """The end of every entry, in the same transaction as its record: marker gone, entry
         acknowledged and deleted."""
         stream = keys.outbox_stream(entry.shard)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
 from wacoder import keys
+from wacoder.redis import Store
 
 # KEYS[1] bucket hash; ARGV rate per second, burst, ttl (s). Returns 0 when a token was taken, else the
 # milliseconds until one will be there.
@@ -36,7 +36,7 @@ return wait
 
 
 class SendRateLimiter:
-    def __init__(self, redis: aioredis.Redis, sender: str, rate_per_s: float) -> None:
+    def __init__(self, redis: Store, sender: str, rate_per_s: float) -> None:
         self.redis = redis
         self.key = keys.send_rate(sender)
         self.rate = max(rate_per_s, 0.001)

@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from wacoder import keys
 from wacoder.crypto import InvalidToken
+from wacoder.redis import Store
 from wacoder.settings import Settings
 from wacoder.streams import KeyedStreamConsumer, Outcome, ShardConsumers
 
@@ -59,7 +59,7 @@ class _Reconciled:
 class OutboxWorker:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Store,
         outbox: Outbox,
         sender: TwilioSender,
         limiter: SendRateLimiter,

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 from enum import StrEnum
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from wacoder import keys
 from wacoder.botconfig import BotConfigSource
 from wacoder.phones import phone_hash
+from wacoder.redis import Store
 
 RATE_WINDOW_S = 60
 
@@ -79,7 +79,7 @@ class Admission(StrEnum):
 
 
 class Gate:
-    def __init__(self, redis: aioredis.Redis, config: BotConfigSource, hash_salt: str) -> None:
+    def __init__(self, redis: Store, config: BotConfigSource, hash_salt: str) -> None:
         self.redis = redis
         self.config = config
         self.hash_salt = hash_salt

@@ -6,12 +6,11 @@ import asyncio
 from collections.abc import Mapping
 
 import grpc
-import redis.asyncio as aioredis
 from wacoder.grpc import check_health
-from wacoder.redis import ping
+from wacoder.redis import Store, ping
 
 
-async def check_all(redis: aioredis.Redis, channels: Mapping[str, grpc.aio.Channel]) -> dict[str, bool]:
+async def check_all(redis: Store, channels: Mapping[str, grpc.aio.Channel]) -> dict[str, bool]:
     names = ["redis", *channels]
     results = await asyncio.gather(ping(redis), *(check_health(c) for c in channels.values()))
     return dict(zip(names, results, strict=True))

@@ -14,7 +14,7 @@ from wacoder.botconfig import BotConfigSource
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.logs import setup_logging
-from wacoder.redis import connect
+from wacoder.redis import Replication, open_redis
 from wacoder.settings import Settings, service_settings
 from wacoder.v1 import agent_pb2_grpc
 
@@ -27,7 +27,8 @@ from webhook.signature import SignatureChecker
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = connect(settings)
+        redis = await open_redis(settings)
+        replication = Replication.from_settings(redis, settings)
         bot_config = BotConfigSource(settings)
         watching = asyncio.create_task(bot_config.watch())
         channels = {
@@ -43,7 +44,12 @@ def create_app(settings: Settings) -> FastAPI:
             gate=Gate(redis, bot_config, settings.secret("phone_hash_salt")),
             handoff=Handoff(
                 agent_pb2_grpc.AgentServiceStub(channels["agent"]),
-                Inbox(redis, StateCipher.from_settings(settings), settings.secret("phone_hash_salt")),
+                Inbox(
+                    redis,
+                    StateCipher.from_settings(settings),
+                    settings.secret("phone_hash_salt"),
+                    replication,
+                ),
                 settings.grpc_fast_timeout_s,
             ),
             channels=channels,
@@ -52,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         watching.cancel()
         for channel in channels.values():
             await channel.close()
+        await replication.aclose()
         await redis.aclose()
 
     app = FastAPI(

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 
 import grpc
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,7 +14,7 @@ from redis.exceptions import RedisError
 from wacoder import templates
 from wacoder.delivery import record_status
 from wacoder.phones import to_e164
-from wacoder.redis import ping
+from wacoder.redis import Store, ping
 from wacoder.settings import Settings
 
 from webhook import twiml
@@ -33,7 +32,7 @@ router = APIRouter()
 @dataclass
 class Deps:
     settings: Settings
-    redis: aioredis.Redis
+    redis: Store
     hash_salt: str
     signatures: SignatureChecker
     gate: Gate
