@@ -223,6 +223,29 @@ def test_chaos_with_replicas_every_message_answered_once_in_order_and_progress_r
     assert asyncio.run(count_at_autocoder()) == expected
 
 
+def test_a_message_no_replica_confirmed_is_a_503_and_its_retry_is_answered_once(
+    env: dict[str, str], twilio_sim: TwilioSim, redis_cluster: RedisClusterServer
+) -> None:
+    """Twilio's 200 means the message is on a replica too: with the replica of the user's
+    master stopped, the webhook answers 503 (Twilio retries); once it is back, the retry (now a
+    duplicate at the master) is confirmed and answered, once."""
+    phone = "+15558830001"
+    master = redis_cluster.master_for_key(keys.inbox_stream(keys.shard_of(user_of(env, phone))))
+    [replica] = redis_cluster.replicas_of(master)
+    form = inbound(phone, "/agents", "SMnotreplicated" + "0" * 19)
+    redis_cluster.pause(replica)
+    try:
+        answers = [post_signed(env, "/webhook/whatsapp", form).status_code for _ in range(2)]
+    finally:
+        redis_cluster.resume(replica)
+    assert answers == [503, 503]
+    assert send_until_accepted(env, form)
+    [reply] = twilio_sim.wait_for(f"whatsapp:{phone}", count=1, timeout_s=30)
+    assert "AutoCoder agents" in reply["body"]
+    time.sleep(2)
+    assert len(twilio_sim.messages(f"whatsapp:{phone}")) == 1
+
+
 # Last in the module: it leaves the cluster with a master fewer.
 def test_a_master_killed_during_traffic_loses_nothing_that_got_a_200(
     stack: Stack, env: dict[str, str], twilio_sim: TwilioSim, redis_cluster: RedisClusterServer

@@ -67,7 +67,9 @@ async def whatsapp(request: Request) -> Response:
         verdict = await deps.gate.admit(phone, message.message_sid)
         if verdict in REFUSALS:
             return _refusal(verdict, phone)
-        if verdict is Admission.OK:
+        # A replay is stored again too: storing is idempotent, and it waits for a Redis replica
+        # to hold the message (ADR 0007), which the first attempt (answered 503) may not have.
+        if verdict in (Admission.OK, Admission.DUPLICATE):
             await deps.handoff.submit(message)
     except RedisError as error:
         # Nothing was stored: 503 tells Twilio the message was not accepted.
