@@ -341,8 +341,10 @@ class SentinelServer:
             f"bind {HOST}\n"
             f"dir {self._processes.dir}\n"
             f"sentinel monitor {self.service_name} {HOST} {self.master_port} 1\n"
-            f"sentinel down-after-milliseconds {self.service_name} 1000\n"
-            f"sentinel failover-timeout {self.service_name} 5000\n"
+            # Generous: on a busy machine a master slow to answer for a second must not be taken
+            # for down (redis-py refuses a master its sentinel holds down); nothing here fails over.
+            f"sentinel down-after-milliseconds {self.service_name} 10000\n"
+            f"sentinel failover-timeout {self.service_name} 30000\n"
         )
         self._processes.spawn(self.sentinel_port, self._processes.binary, str(config), "--sentinel")
         self._processes.wait_listening([self.master_port, self.replica_port, self.sentinel_port])
