@@ -3,17 +3,21 @@
 Starts its own redis-server, the local Twilio stand-in and every service, then measures:
 - accept: a signed POST /webhook/whatsapp until Twilio would get its 200 (sequential, and with
   concurrent senders);
-- round trip: a signed "/help" until the reply reaches the Twilio Messages API.
+- round trip: a signed "/help" until the reply reaches the Twilio Messages API;
+then the scale-out line (bench.scale_out): sustained throughput with 1 and 2 replicas on a Redis
+Cluster, side by side.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from bench import scale_out
 from tests.harness import RedisServer, TwilioSim, inbound, sign, stack_env, start_stack
 
 
@@ -75,6 +79,12 @@ def main() -> None:
         stack.stop()
         sim.stop()
         redis.stop()
+
+    print()
+    if shutil.which("redis-cli") is None:
+        print("scale-out: skipped, redis-cli is not installed (it creates the Redis Cluster)")
+    else:
+        scale_out.run()
 
 
 if __name__ == "__main__":
