@@ -14,21 +14,34 @@ idempotently outside those atomic steps.
 
 The shard count is fixed for the life of a keyspace: changing it re-homes every user's keys
 (their conversation memory starts afresh). `configure` sets it once per process.
+
+Queues may have a namespace (QUEUE_NAMESPACE: a blue/green release's colour): the inbox and
+outbox streams, their bookkeeping, the shard leases and the progress relays are then the
+namespace's own, so two colours run side by side on one Redis, each working only what its own
+webhook accepted; conversation state, de-duplication and limits stay shared.
 """
 
 from __future__ import annotations
 
+import re
+
 DAY_S = 24 * 60 * 60
 
 SHARDS = 16
+# "" or "<namespace>:", in the names of everything that is a namespace's own.
+_QUEUES = ""
 
 
-def configure(shards: int) -> None:
-    """Sets the shard count (the STREAM_SHARDS setting) for this process."""
-    global SHARDS
+def configure(shards: int, queue_namespace: str = "") -> None:
+    """Sets the shard count (STREAM_SHARDS) and the queue namespace (QUEUE_NAMESPACE) for this
+    process."""
+    global SHARDS, _QUEUES
     if shards < 1:
         raise ValueError("STREAM_SHARDS must be at least 1")
+    if not re.fullmatch(r"[a-z0-9-]{0,32}", queue_namespace):
+        raise ValueError("QUEUE_NAMESPACE: at most 32 of a-z, 0-9 and -")
     SHARDS = shards
+    _QUEUES = f"{queue_namespace}:" if queue_namespace else ""
 
 
 def shard_of(user: str) -> int:
@@ -120,15 +133,15 @@ OUTBOX_GROUP = "notifier"
 
 
 def inbox_stream(shard: int) -> str:
-    return f"stream:inbox:{shard_tag(shard)}"
+    return f"stream:inbox:{_QUEUES}{shard_tag(shard)}"
 
 
 def outbox_stream(shard: int) -> str:
-    return f"stream:outbox:{shard_tag(shard)}"
+    return f"stream:outbox:{_QUEUES}{shard_tag(shard)}"
 
 
 def dead_letters(shard: int) -> str:
-    return f"stream:outbox:dead:{shard_tag(shard)}"
+    return f"stream:outbox:dead:{_QUEUES}{shard_tag(shard)}"
 
 
 def outbound_seen(user: str, idempotency_key: str) -> str:
@@ -148,23 +161,23 @@ def delivery(user: str, message_sid: str) -> str:
 def session_watch(shard: int, session_id: str) -> str:
     """A live progress relay of a coding session to a user of `shard` (relayed by the replica
     that owns the shard, resumed by whoever owns it next)."""
-    return f"watch:{shard_tag(shard)}:{session_id}"
+    return f"watch:{_QUEUES}{shard_tag(shard)}:{session_id}"
 
 
 def active_watches(shard: int) -> str:
     """The sessions of `shard` whose progress is being relayed."""
-    return f"watch:active:{shard_tag(shard)}"
+    return f"watch:active:{_QUEUES}{shard_tag(shard)}"
 
 
 # Shard ownership (wacoder.leases): which replica of a service holds which shard, and which
 # replicas are alive.
 def shard_lease(service: str, shard: int) -> str:
-    return f"lease:{service}:{shard_tag(shard)}"
+    return f"lease:{service}:{_QUEUES}{shard_tag(shard)}"
 
 
 def replicas(service: str) -> str:
     """Sorted set of a service's live replicas, scored by when their registration expires."""
-    return f"replicas:{service}"
+    return f"replicas:{service}:{_QUEUES}"
 
 
 # The notifier's outbox bookkeeping (see docs/adr/0003-notifier-outbox.md).
@@ -181,14 +194,14 @@ OUTBOX_IN_FLIGHT_TTL_S = 7 * DAY_S
 def outbox_sent(shard: int, outbox_id: str) -> str:
     """Set atomically with the XACK once Twilio accepted the entry (value: the MessageSid): a
     consumer that handles the same entry again sees it and does not send again."""
-    return f"outbox:sent:{shard_tag(shard)}:{outbox_id}"
+    return f"outbox:sent:{_QUEUES}{shard_tag(shard)}:{outbox_id}"
 
 
 def outbox_in_flight(shard: int, outbox_id: str) -> str:
     """Hash `first_at`/`last_at` (epoch seconds) written just before each POST of the entry:
     whoever handles the entry again knows a request may have reached Twilio and asks Twilio
     before sending (reconciliation)."""
-    return f"outbox:inflight:{shard_tag(shard)}:{outbox_id}"
+    return f"outbox:inflight:{_QUEUES}{shard_tag(shard)}:{outbox_id}"
 
 
 # A delivery record is kept a week: long enough for late callbacks and for support to look up

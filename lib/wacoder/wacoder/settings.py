@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # user hash; every replica of a service owns some shards through a lease in Redis that it
     # renews, and a dead replica's shards are taken over once its leases expire.
     stream_shards: int = 16
+    # A blue/green release's colour: its queues, leases and relays are its own, so two colours
+    # share one Redis (state, de-duplication, limits) without consuming each other's traffic.
+    queue_namespace: str = ""
     shard_lease_ttl_ms: int = 6_000
     # This process among its service's replicas: unset, the hostname (the pod name). Stable
     # across restarts of the same pod, so a restarted replica takes its own shards back at once.
@@ -180,7 +183,7 @@ def service_settings(service: str) -> Settings:
     """The settings of `service`'s process, its secrets checked (see `require_secrets`)."""
     settings = get_settings()
     require_secrets(settings, service)
-    keys.configure(settings.stream_shards)
+    keys.configure(settings.stream_shards, settings.queue_namespace)
     return settings
 
 
