@@ -9,6 +9,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,7 +92,9 @@ async def test_an_unreachable_redis_gives_a_standalone_client_and_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="wacoder.redis"):
-        client = await open_redis(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+        client = await open_redis(
+            Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_start_wait_s=0.5)
+        )
     try:
         assert type(client) is aioredis.Redis
         assert any("unreachable" in record.getMessage() for record in caplog.records)
@@ -267,3 +270,25 @@ async def test_confirmed_writes_survive_the_failover_of_their_master(
         assert await replication.run(value_key(users[0]), set_and_bump(cluster, users[0], "after")) == 2
     finally:
         await replication.aclose()
+
+
+async def test_a_cluster_node_that_starts_late_is_still_recognised(tmp_path: Path) -> None:
+    """Services may start before Redis: open_redis waits for it rather than take a cluster for a
+    standalone Redis (which would answer MOVED for most keys until a restart)."""
+    port = free_port()
+    opening = asyncio.create_task(open_redis(Settings(redis_url=f"redis://127.0.0.1:{port}/0")))
+    await asyncio.sleep(1.5)
+    assert not opening.done()
+    node = await asyncio.create_subprocess_exec(
+        *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+        *("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")),
+        *("--dir", str(tmp_path)),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        client = await asyncio.wait_for(opening, timeout=15)
+        assert isinstance(client, RedisCluster)
+        await client.aclose()
+    finally:
+        node.kill()
+        await node.wait()

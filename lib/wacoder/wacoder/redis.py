@@ -4,6 +4,7 @@ a failover."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,7 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 SENTINEL_SCHEME = "redis+sentinel"
+
 _SENTINEL_PORT = 26379
 
 
@@ -62,22 +64,31 @@ async def open_redis(settings: Settings) -> Store:
       The credentials, db and options are parsed by redis-py as for a `redis://` URL and are the
       master's; the sentinels themselves are asked without credentials.
 
-    A Redis that cannot be reached yet gives the standalone client, with a warning: services may
-    start before Redis and retry. (A cluster is then not recognised: the keys of other nodes'
-    slots answer MOVED until the process restarts.)
+    A Redis that cannot be reached is waited for up to REDIS_START_WAIT_S, then taken for a standalone
+    one, with a warning, so a service still starts and reports itself not ready. (A cluster is
+    then not recognised: the keys of other nodes' slots answer MOVED until the process restarts.)
     """
     url = settings.redis_url
     if urlsplit(url).scheme == SENTINEL_SCHEME:
         return _sentinel_master(url)
     client = aioredis.from_url(url, **_CLIENT_OPTIONS)
-    try:
-        info = await client.info("cluster")
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        log.warning("Redis unreachable at start (%s); assuming a standalone Redis", exc)
-        return client
-    except ResponseError:
-        # INFO refused (an ACL, a managed Redis): clusters answer it, so this is not one.
-        return client
+    # A Redis that is still starting is waited for a while: taking a cluster for a standalone
+    # Redis would leave the process with MOVED errors until it restarts.
+    deadline = time.monotonic() + settings.redis_start_wait_s
+    delay = 0.25
+    while True:
+        try:
+            info = await client.info("cluster")
+            break
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                log.warning("Redis unreachable at start (%s); assuming a standalone Redis", exc)
+                return client
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)
+        except ResponseError:
+            # INFO refused (an ACL, a managed Redis): clusters answer it, so this is not one.
+            return client
     if int(info.get("cluster_enabled", 0)) != 1:
         return client
     await client.aclose()

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # A write that Twilio's 200 depends on waits until this many replicas have it (WAIT), when
     # the Redis node has replicas at all; past the timeout the webhook answers 503.
     redis_wait_replicas: int = 1
+    # How long a starting service waits for Redis to answer (to tell a cluster from a standalone
+    # Redis) before it assumes a standalone one and starts anyway.
+    redis_start_wait_s: float = 20.0
     redis_wait_timeout_ms: int = 500
 
     def secret(self, name: Secret) -> str:
