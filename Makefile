@@ -47,5 +47,26 @@ protos: install
 bench: install
 	$(PY) -m bench
 
+# Container images, one per service: services/<name>/Dockerfile, built from the repository root
+# (.dockerignore keeps the context to the workspace's sources and lock). Needs a Docker engine;
+# none runs on the development machine, so without one this says so and fails.
+# `make images IMAGE_TAG=1.2.3 IMAGE_PREFIX=registry.example.com/whatsapp-coder`
+.PHONY: images
+IMAGE_SERVICES := webhook agent mcp-bridge notifier autocoder
+IMAGE_PREFIX ?= whatsapp-coder
+IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+DOCKER ?= docker
+images:
+	@command -v $(DOCKER) >/dev/null || { echo "images: no '$(DOCKER)' command: install Docker (or set DOCKER=)" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "images: no Docker engine reachable ('$(DOCKER) info' failed;" \
+		"DOCKER_HOST=$${DOCKER_HOST:-unset}): the images can only be built where one runs" >&2; exit 1; }
+	@set -e; revision=$$(git rev-parse HEAD 2>/dev/null || echo unknown); \
+	for service in $(IMAGE_SERVICES); do \
+		echo "building $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG)"; \
+		DOCKER_BUILDKIT=1 $(DOCKER) build --file services/$$service/Dockerfile \
+			--tag $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG) \
+			--build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$$revision . ; \
+	done
+
 clean:
 	rm -rf .venv .run .pytest_cache .ruff_cache
