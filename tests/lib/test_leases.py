@@ -311,14 +311,9 @@ async def test_a_lease_taken_in_redis_is_released_on_the_next_tick(replicas: Rep
     assert replicas.owners.violations == []
 
 
-# Found while writing these tests: the bounds below are promised by wacoder/leases.py but not kept.
+# Found while writing these tests (and fixed): the bounds promised by wacoder/leases.py.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leases.py gives shards back one after another without renewing the others meanwhile: "
-    "a drain longer than the TTL lets the peer start shards still being drained",
-)
 async def test_a_slow_drain_does_not_let_a_peer_start_before_it_finished(replicas: Replicas) -> None:
     # Each shard's running turn takes 200 ms to finish (the agent waits up to 5 s per shard,
     # with a 6 s TTL): handing over 8 shards takes 1.6 s, longer than the 600 ms TTL.
@@ -376,11 +371,6 @@ class Cable:
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leases.py checks its local deadline only between ticks, and a tick against an "
-    "unresponsive Redis blocks for the client's socket timeout (5 s), far past the TTL",
-)
 async def test_a_replica_cut_off_from_redis_stops_its_work_before_a_peer_takes_it(
     replicas: Replicas, server: RedisServer
 ) -> None:

@@ -85,12 +85,19 @@ class ShardConsumers:
     async def stop(self, shard: int) -> None:
         """Stops reading the shard, lets running handlers finish (up to `drain_s`), then
         cancels the rest: what did not finish stays pending for the shard's next owner."""
+        await self._stop(shard, self.drain_s)
+
+    async def cancel(self, shard: int) -> None:
+        """Stops the shard's work at once (its lease was lost: another replica may have it)."""
+        await self._stop(shard, 0.0)
+
+    async def _stop(self, shard: int, drain_s: float) -> None:
         running = self._running.pop(shard, None)
         if running is None:
             return
         consumer, task = running
         consumer.stop()
-        await consumer.drain(self.drain_s)
+        await consumer.drain(drain_s)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -192,7 +199,9 @@ class KeyedStreamConsumer:
         workers = list(self._workers.values())
         if not workers:
             return
-        _done, pending = await asyncio.wait(workers, timeout=timeout_s)
+        _done, pending = (
+            await asyncio.wait(workers, timeout=timeout_s) if timeout_s > 0 else (set(), set(workers))
+        )
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

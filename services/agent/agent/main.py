@@ -95,6 +95,10 @@ async def serve(settings: Settings) -> None:
         await consumers.stop(shard)
         await progress.release(shard)
 
+    async def lost(shard: int) -> None:
+        await consumers.cancel(shard)
+        await progress.release(shard)
+
     leases = ShardLeases(
         redis,
         service="agent",
@@ -103,6 +107,7 @@ async def serve(settings: Settings) -> None:
         ttl_ms=settings.shard_lease_ttl_ms,
         on_acquired=acquired,
         on_released=released,
+        on_lost=lost,
     )
     leasing = asyncio.create_task(leases.run(), name="shard-leases")
 

@@ -47,6 +47,7 @@ async def run() -> None:
         ttl_ms=settings.shard_lease_ttl_ms,
         on_acquired=worker.shards.start,
         on_released=worker.shards.stop,
+        on_lost=worker.shards.cancel,
     )
     leasing = asyncio.create_task(leases.run(), name="shard-leases")
     bot_config = BotConfigSource(settings)
