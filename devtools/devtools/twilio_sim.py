@@ -50,6 +50,7 @@ _MESSAGE_FIELDS = (
     "account_sid",
     "from",
     "to",
+    "messaging_service_sid",
     "body",
     "status",
     "num_segments",
@@ -65,6 +66,8 @@ _MESSAGE_FIELDS = (
     "uri",
 )
 LIST_PAGE_SIZE = 50
+# The sender a Messaging Service picks from its pool, in the sim (Twilio chooses one per message).
+MESSAGING_SERVICE_SENDER = "whatsapp:+14155238886"
 LIST_MAX_PAGE_SIZE = 1000
 
 
@@ -203,9 +206,15 @@ def build_app(state: SimState) -> Starlette:
                 scripted.get("message", "Scripted"),
                 scripted.get("headers"),
             )
-        for required in ("To", "From", "Body"):
-            if not form.get(required) and not (required == "Body" and form.get("MediaUrl")):
-                return _error(400, 21604 if required == "To" else 21602, f"A '{required}' is required.")
+        # A Messaging Service sends from one of its senders: the sim's pool has one per service.
+        service = form.get("MessagingServiceSid")
+        sender = form.get("From") or (MESSAGING_SERVICE_SENDER if service else None)
+        if not form.get("To"):
+            return _error(400, 21604, "A 'To' phone number is required.")
+        if not sender:
+            return _error(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required.")
+        if not form.get("Body") and not form.get("MediaUrl"):
+            return _error(400, 21602, "Message body is required.")
         body = str(form.get("Body", ""))
         if len(body) > 1600:
             return _error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
@@ -213,8 +222,9 @@ def build_app(state: SimState) -> Starlette:
         message = {
             "sid": "SM" + secrets.token_hex(16),
             "account_sid": sid,
-            "from": form.get("From"),
+            "from": sender,
             "to": form.get("To"),
+            "messaging_service_sid": service,
             "body": body,
             "status": "queued",
             "num_segments": "1",

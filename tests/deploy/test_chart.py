@@ -72,9 +72,9 @@ SECRET_VARIABLES = {
     "AUTOCODER_API_KEY",
     "AUTOCODER_SIGNING_KEY",
 }
-# Variables the chart sets that the services' Settings do not read (yet): contract names of
-# ../shared/ARCHITECTURE.md.
-CONTRACT_ONLY_VARIABLES = {"TWILIO_MESSAGING_SERVICE_SID"}
+# Variables the chart sets that the services' Settings do not read: none (every name the chart
+# sets must mean something to a service).
+CONTRACT_ONLY_VARIABLES: set[str] = set()
 
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when there: the renders are big

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     twilio_account_sid: str = "AC00000000000000000000000000000000"
     twilio_auth_token: SecretStr | None = None
     twilio_whatsapp_number: str = "whatsapp:+14155238886"
+    # Send through a Twilio Messaging Service (a pool of senders) instead of one `From` number.
+    twilio_messaging_service_sid: str | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
     public_base_url: str = "http://127.0.0.1:8000"
     # Comma-separated addresses of reverse proxies whose X-Forwarded-* headers the webhook

@@ -148,13 +148,19 @@ class TwilioSender:
         self.client = Client(
             settings.twilio_account_sid, settings.secret("twilio_auth_token"), http_client=self.http
         )
-        self.from_ = settings.twilio_whatsapp_number
+        # Through a Messaging Service Twilio picks the sender; else our one number sends.
+        self.service_sid = settings.twilio_messaging_service_sid
+        self.sender: dict[str, str] = (
+            {"messaging_service_sid": self.service_sid}
+            if self.service_sid
+            else {"from_": settings.twilio_whatsapp_number}
+        )
         self.status_callback = settings.public_base_url.rstrip("/") + "/webhook/status"
 
     async def send(self, to: str, body: str, media_urls: Sequence[str] = ()) -> SendOutcome:
         box = _Captured()
         token = _captured.set(box)
-        kwargs: dict[str, Any] = {"to": to, "from_": self.from_, "status_callback": self.status_callback}
+        kwargs: dict[str, Any] = {"to": to, **self.sender, "status_callback": self.status_callback}
         if body:
             kwargs["body"] = body
         if media_urls:
@@ -189,8 +195,10 @@ class TwilioSender:
         box = _Captured()
         token = _captured.set(box)
         try:
+            # Through a Messaging Service the sender varies: list by recipient, match the service.
+            by_sender = {k: v for k, v in self.sender.items() if k == "from_"}
             found = await self.client.messages.list_async(
-                to=to, from_=self.from_, date_sent_after=day, limit=FIND_LIMIT
+                to=to, **by_sender, date_sent_after=day, limit=FIND_LIMIT
             )
         except (TwilioRestException, TwilioServiceException) as exc:
             code = exc.code if isinstance(exc.code, int) else None
@@ -211,7 +219,10 @@ class TwilioSender:
         matches = [
             m
             for m in found
-            if (m.body or "") == body and m.date_created is not None and m.date_created.timestamp() >= bound
+            if (m.body or "") == body
+            and m.date_created is not None
+            and m.date_created.timestamp() >= bound
+            and (not self.service_sid or m.messaging_service_sid == self.service_sid)
         ]
         matches.sort(key=lambda m: m.date_created.timestamp() if m.date_created else 0.0)
         return FindOutcome(sids=[m.sid for m in matches if m.sid])
