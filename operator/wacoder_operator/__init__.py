@@ -1,0 +1,1 @@
+"""The WhatsAppBot operator (kopf): blue/green Helm releases of charts/whatsapp-coder."""

@@ -1,0 +1,594 @@
+"""The blue/green rollout of one WhatsAppBot: a pure state machine.
+
+`decide(spec, status, observed, now)` returns the actions to take and the next status; it does no
+I/O, so every transition is tested without Helm or Kubernetes. All of a rollout's state lives in
+the status it returns (written to the resource's status subresource), so an operator restarted
+in any phase picks up where it was, and deciding again on the same inputs asks for nothing new.
+
+Phases (Argo Rollouts' blue/green is the model):
+
+    (new) ──> Deploying ──> Verifying ──> [Paused] ──> ScaleDownDelay ──> Healthy
+                  ^  (a new spec retargets the preview)       │  (abort: instant rollback)
+    Healthy ──────┘                                           v
+    Deploying | Verifying | Paused ── check failed, deadline, abort ──> Aborted
+
+- Deploying: the idle colour's Helm release is installed/upgraded; waits for its Deployments.
+- Verifying: the promotion checks run against the preview (its /readyz, a signed synthetic message).
+- Paused: checks passed, `autoPromote: false`: waits for the promote annotation.
+- ScaleDownDelay: `<bot>-active` switched; the old colour stays warm for `scaleDownDelaySeconds`
+  (an abort, or the spec going back to the old revision, switches back at once), then scales to 0.
+- Healthy: the active colour runs what the spec asks. Aborted: traffic stayed on (or went back
+  to) the old colour, Degraded says why, until the spec changes or a promote annotation retries.
+
+Each waiting phase (Deploying, Verifying, Paused) aborts after `progressDeadlineSeconds` in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+PROMOTE_ANNOTATION = "whatsappcoder.dev/promote"
+ABORT_ANNOTATION = "whatsappcoder.dev/abort"
+
+
+class Colour(StrEnum):
+    BLUE = "blue"
+    GREEN = "green"
+
+    def other(self) -> Colour:
+        return Colour.GREEN if self is Colour.BLUE else Colour.BLUE
+
+
+class Phase(StrEnum):
+    DEPLOYING = "Deploying"
+    VERIFYING = "Verifying"
+    PAUSED = "Paused"
+    SCALE_DOWN_DELAY = "ScaleDownDelay"
+    HEALTHY = "Healthy"
+    ABORTED = "Aborted"
+
+
+_E = TypeVar("_E", bound=StrEnum)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ROLLING = (Phase.DEPLOYING, Phase.VERIFYING, Phase.PAUSED)  # the waiting phases: each has a deadline
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the resource asks for, reduced to what the state machine compares."""
+
+    generation: int
+    version: str
+    revision: str  # what a colour's pods run (Helm values but replicas): a change rolls out
+    values_hash: str  # all of a colour's Helm values: a change (replicas only) re-applies in place
+    config_hash: str  # the bot's ConfigMap (whitelist, limits, temperature): rewritten in place
+    auto_promote: bool = True
+    scale_down_delay_s: int = 300
+    progress_deadline_s: int = 600
+    promote: bool = False  # the promote annotation is set
+    abort: bool = False  # the abort annotation is set
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the cluster shows now."""
+
+    config_hash: str | None = None  # of the bot's ConfigMap; None: absent
+    routes: Mapping[str, Colour | None] = field(default_factory=dict)  # "active"/"preview" -> selected
+    available: frozenset[Colour] = frozenset()  # colours whose Deployments run their release, available
+    checks: CheckResult | None = None  # the promotion checks of the preview (run while Verifying)
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Release:
+    """What the operator last installed as one colour's Helm release."""
+
+    version: str
+    revision: str
+    values_hash: str
+    scaled_down: bool = False
+
+
+@dataclass(frozen=True)
+class Rollout:
+    from_version: str | None
+    to_version: str
+    from_colour: Colour | None
+    to_colour: Colour
+    revision: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    result: str | None = None  # Promoted, Aborted, Cancelled, RolledBack
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+    observed_generation: int
+    last_transition_time: datetime
+
+
+@dataclass(frozen=True)
+class Status:
+    phase: Phase | None = None
+    phase_since: datetime | None = None
+    observed_generation: int | None = None
+    active: Colour | None = None
+    preview: Colour | None = None
+    releases: Mapping[Colour, Release] = field(default_factory=dict)
+    current: Rollout | None = None
+    last: Rollout | None = None
+    conditions: tuple[Condition, ...] = ()
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status subresource: every key present (None removes it in a merge patch)."""
+        active = self.releases.get(self.active) if self.active else None
+        return {
+            "phase": self.phase.value if self.phase else None,
+            "phaseSince": _time(self.phase_since),
+            "observedGeneration": self.observed_generation,
+            "activeColour": self.active.value if self.active else None,
+            "previewColour": self.preview.value if self.preview else None,
+            "activeVersion": active.version if active else None,
+            "releases": {
+                colour.value: {
+                    "version": r.version,
+                    "revision": r.revision,
+                    "valuesHash": r.values_hash,
+                    "scaledDown": r.scaled_down,
+                }
+                for colour, r in sorted(self.releases.items())
+            },
+            "currentRollout": _rollout_dict(self.current),
+            "lastRollout": _rollout_dict(self.last),
+            "conditions": [
+                {
+                    "type": c.type,
+                    "status": "True" if c.status else "False",
+                    "reason": c.reason,
+                    "message": c.message,
+                    "observedGeneration": c.observed_generation,
+                    "lastTransitionTime": _time(c.last_transition_time),
+                }
+                for c in self.conditions
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Status:
+        data = data or {}
+        releases = {
+            Colour(colour): Release(
+                version=str(r["version"]),
+                revision=str(r["revision"]),
+                values_hash=str(r["valuesHash"]),
+                scaled_down=bool(r.get("scaledDown", False)),
+            )
+            for colour, r in (data.get("releases") or {}).items()
+            if colour in Colour.__members__.values()
+        }
+        return cls(
+            phase=_enum(Phase, data.get("phase")),
+            phase_since=_parse_time(data.get("phaseSince")),
+            observed_generation=data.get("observedGeneration"),
+            active=_enum(Colour, data.get("activeColour")),
+            preview=_enum(Colour, data.get("previewColour")),
+            releases=releases,
+            current=_parse_rollout(data.get("currentRollout")),
+            last=_parse_rollout(data.get("lastRollout")),
+            conditions=tuple(
+                Condition(
+                    type=str(c["type"]),
+                    status=c.get("status") == "True",
+                    reason=str(c.get("reason", "")),
+                    message=str(c.get("message", "")),
+                    observed_generation=int(c.get("observedGeneration") or 0),
+                    last_transition_time=_parse_time(c.get("lastTransitionTime")) or EPOCH,
+                )
+                for c in data.get("conditions") or ()
+            ),
+        )
+
+
+# --- actions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteConfigMap:
+    """Create or update the bot's ConfigMap from the spec (both colours read it live)."""
+
+
+@dataclass(frozen=True)
+class ApplyRelease:
+    """`helm upgrade --install <bot>-<colour>` with the values the spec gives that colour."""
+
+    colour: Colour
+
+
+@dataclass(frozen=True)
+class Route:
+    """Point `<bot>-active` and `<bot>-preview` at these colours (None: leave that one alone)."""
+
+    active: Colour | None
+    preview: Colour | None
+
+
+@dataclass(frozen=True)
+class ScaleDown:
+    """Scale a colour's Deployments to zero (its release stays; the next apply scales it up)."""
+
+    colour: Colour
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A Kubernetes Event on the bot."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ClearAnnotation:
+    key: str
+
+
+Action = WriteConfigMap | ApplyRelease | Route | ScaleDown | Emit | ClearAnnotation
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]
+    status: Status
+
+
+def decide(spec: Spec, status: Status, observed: Observed, now: datetime) -> Decision:
+    return _Step(spec, status, observed, now.replace(microsecond=0)).run()
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+class _Step:
+    def __init__(self, spec: Spec, status: Status, observed: Observed, now: datetime) -> None:
+        self.spec, self.s, self.observed, self.now = spec, status, observed, now
+        self.applies: list[Action] = []
+        self.scales: list[Action] = []
+        self.events: list[Action] = []
+
+    def run(self) -> Decision:
+        phase = self.s.phase
+        if phase is None or (phase in (Phase.HEALTHY, Phase.SCALE_DOWN_DELAY) and self.s.active is None):
+            self._start_rollout()
+        elif phase in ROLLING:
+            self._rolling()
+        elif phase is Phase.SCALE_DOWN_DELAY:
+            self._scale_down_delay()
+        elif phase is Phase.HEALTHY:
+            self._healthy()
+        else:
+            self._aborted()
+        return self._decision()
+
+    # phases
+
+    def _healthy(self) -> None:
+        if self.spec.abort:
+            self._emit("Normal", "AbortIgnored", "no rollout to abort")
+        active = self._release(self.s.active)
+        if self.spec.revision != active.revision:
+            self._start_rollout()
+        elif self.spec.values_hash != active.values_hash:
+            self._apply(self._active())  # replicas only: in place, no rollout
+
+    def _rolling(self) -> None:
+        spec, s = self.spec, self.s
+        preview = s.preview or (s.active.other() if s.active else Colour.BLUE)
+        if spec.abort:
+            self._abort("AbortRequested", f"aborted by the {ABORT_ANNOTATION} annotation")
+        elif s.active is not None and spec.revision == self._release(s.active).revision:
+            self._scale(preview)
+            self._emit("Normal", "RolloutCancelled", f"the spec is back to {spec.version}, which is active")
+            self._finish("Cancelled", "SpecReverted", f"the spec went back to {spec.version}", Phase.HEALTHY)
+        elif s.releases.get(preview) is None or spec.values_hash != self._release(preview).values_hash:
+            self._apply(preview)
+            assert s.current is not None
+            current = replace(s.current, to_version=spec.version, revision=spec.revision)
+            self.s = replace(self.s, current=current)
+            self._emit("Normal", "RolloutRetargeted", f"the preview ({preview}) now gets {spec.version}")
+            self._enter(Phase.DEPLOYING)
+        elif not self._progress(preview) and self._deadline_passed():
+            self._abort(
+                "ProgressDeadlineExceeded",
+                f"{s.phase} for more than {spec.progress_deadline_s}s (progressDeadlineSeconds)",
+            )
+
+    def _progress(self, preview: Colour) -> bool:
+        """The step a waiting phase takes when it can; False: still waiting."""
+        phase, checks = self.s.phase, self.observed.checks
+        if phase is Phase.DEPLOYING:
+            if preview in self.observed.available:
+                self._enter(Phase.VERIFYING)
+                return True
+        elif phase is Phase.VERIFYING:
+            if checks is not None and not checks.ok:
+                self._abort("PromotionCheckFailed", checks.message)
+                return True
+            if checks is not None and (self.spec.auto_promote or self.spec.promote):
+                self._promote()
+                return True
+            if checks is not None:
+                message = f"checks passed; annotate {PROMOTE_ANNOTATION}=true to promote"
+                self._emit("Normal", "AwaitingPromotion", message)
+                self._enter(Phase.PAUSED)
+                return True
+        elif self.spec.promote:  # Paused
+            self._promote()
+            return True
+        return False
+
+    def _scale_down_delay(self) -> None:
+        spec, active = self.spec, self._active()
+        old = active.other()
+        old_release = self.s.releases.get(old)
+        reverted = old_release is not None and spec.revision == old_release.revision
+        if spec.abort and old_release is not None:
+            self._roll_back("AbortRequested", f"aborted by the {ABORT_ANNOTATION} annotation", Phase.ABORTED)
+        elif reverted and spec.revision != self._release(active).revision:
+            self._roll_back("SpecReverted", f"the spec went back to {spec.version}", Phase.HEALTHY)
+        elif spec.revision != self._release(active).revision:
+            self._start_rollout()
+        elif self.now >= self._since() + timedelta(seconds=spec.scale_down_delay_s):
+            self._scale(old)
+            self._enter(Phase.HEALTHY)
+        elif spec.values_hash != self._release(active).values_hash:
+            self._apply(active)
+
+    def _aborted(self) -> None:
+        spec, s = self.spec, self.s
+        if s.active is not None and spec.revision == self._release(s.active).revision:
+            if spec.values_hash != self._release(s.active).values_hash:
+                self._apply(s.active)
+            self._emit("Normal", "Recovered", f"the spec is back to {spec.version}, which is active")
+            self._enter(Phase.HEALTHY)
+        elif spec.promote or s.last is None or spec.revision != s.last.revision:
+            self._start_rollout()
+
+    # transitions
+
+    def _start_rollout(self) -> None:
+        s, spec = self.s, self.spec
+        target = s.active.other() if s.active else Colour.BLUE
+        old = s.releases.get(s.active) if s.active else None
+        self.s = replace(
+            s,
+            preview=target,
+            current=Rollout(
+                from_version=old.version if old else None,
+                to_version=spec.version,
+                from_colour=s.active,
+                to_colour=target,
+                revision=spec.revision,
+                started_at=self.now,
+            ),
+        )
+        self._apply(target)
+        source = f"{old.version} ({s.active})" if old else "nothing"
+        self._emit("Normal", "RolloutStarted", f"{source} -> {spec.version} ({target})")
+        self._enter(Phase.DEPLOYING)
+
+    def _promote(self) -> None:
+        s = self.s
+        assert s.preview is not None and s.current is not None
+        old = s.active
+        self.s = replace(s, active=s.preview)
+        message = f"{s.current.to_version} ({s.preview}) gets the traffic"
+        if old is not None:
+            message += f"; {old} stays warm for {self.spec.scale_down_delay_s}s"
+        self._emit("Normal", "Promoted", message)
+        self._finish("Promoted", "ChecksPassed", message, Phase.SCALE_DOWN_DELAY if old else Phase.HEALTHY)
+
+    def _abort(self, reason: str, message: str) -> None:
+        s = self.s
+        if s.preview is not None and s.preview != s.active:
+            self._scale(s.preview)
+        where = f"traffic stays on {s.active}" if s.active else "nothing serves yet"
+        self._emit("Warning", reason, f"rollout aborted: {message}; {where}")
+        self._finish("Aborted", reason, message, Phase.ABORTED)
+
+    def _roll_back(self, reason: str, message: str, phase: Phase) -> None:
+        """Instant rollback inside the scale-down window: the old colour is warm."""
+        s = self.s
+        new = self._active()
+        old = new.other()
+        self.s = replace(s, active=old)
+        self._scale(new)
+        back = f"{message}: traffic back on {old} ({self._release(old).version})"
+        self._emit("Warning", "RolledBack", back)
+        if s.last is not None:
+            last = replace(s.last, finished_at=self.now, result="RolledBack", reason=reason, message=message)
+            self.s = replace(self.s, last=last)
+        self._enter(phase)
+
+    def _finish(self, result: str, reason: str, message: str, phase: Phase) -> None:
+        s = self.s
+        last = s.current and replace(
+            s.current, finished_at=self.now, result=result, reason=reason, message=message
+        )
+        self.s = replace(s, current=None, preview=None, last=last or s.last)
+        self._enter(phase)
+
+    # helpers
+
+    def _enter(self, phase: Phase) -> None:
+        self.s = replace(self.s, phase=phase, phase_since=self.now)
+
+    def _apply(self, colour: Colour) -> None:
+        release = Release(self.spec.version, self.spec.revision, self.spec.values_hash)
+        self.s = replace(self.s, releases={**self.s.releases, colour: release})
+        self.applies.append(ApplyRelease(colour))
+
+    def _scale(self, colour: Colour) -> None:
+        release = self.s.releases.get(colour)
+        if release is not None:
+            self.s = replace(self.s, releases={**self.s.releases, colour: replace(release, scaled_down=True)})
+        self.scales.append(ScaleDown(colour))
+
+    def _emit(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Emit(type_, reason, message))
+
+    def _active(self) -> Colour:
+        assert self.s.active is not None
+        return self.s.active
+
+    def _release(self, colour: Colour | None) -> Release:
+        assert colour is not None
+        return self.s.releases[colour]
+
+    def _since(self) -> datetime:
+        return self.s.phase_since or self.now
+
+    def _deadline_passed(self) -> bool:
+        return self.now > self._since() + timedelta(seconds=self.spec.progress_deadline_s)
+
+    def _decision(self) -> Decision:
+        spec, observed, s = self.spec, self.observed, self.s
+        actions: list[Action] = []
+        if observed.config_hash != spec.config_hash:
+            actions.append(WriteConfigMap())
+        actions += self.applies
+        # Traffic moves before anything is scaled down: the routes follow the new status.
+        active, preview = s.active, s.preview or s.active
+        if (active and observed.routes.get("active") != active) or (
+            preview and observed.routes.get("preview") != preview
+        ):
+            actions.append(Route(active, preview))
+        actions += self.scales
+        actions += self.events
+        if spec.promote:
+            actions.append(ClearAnnotation(PROMOTE_ANNOTATION))
+        if spec.abort:
+            actions.append(ClearAnnotation(ABORT_ANNOTATION))
+        status = replace(s, observed_generation=spec.generation, conditions=self._conditions())
+        return Decision(tuple(actions), status)
+
+    def _conditions(self) -> tuple[Condition, ...]:
+        s, gen = self.s, self.spec.generation
+        active = s.releases.get(s.active) if s.active else None
+        last = s.last
+        if active is None:
+            ready = (False, "Aborted" if s.phase is Phase.ABORTED else "Installing", "no colour serves yet")
+        elif s.phase in ROLLING:
+            ready = (True, "RolloutInProgress", f"{s.active} serves {active.version} while a rollout runs")
+        elif s.phase is Phase.ABORTED:
+            ready = (True, "RolloutAborted", f"{s.active} serves {active.version}; the rollout was aborted")
+        else:
+            ready = (True, "Serving", f"{s.active} serves {active.version}")
+        if s.phase in ROLLING:
+            assert s.current is not None
+            reason = "AwaitingPromotion" if s.phase is Phase.PAUSED else str(s.phase)
+            progressing = (True, reason, f"{s.current.to_version} on {s.preview}: {s.phase}")
+        elif s.phase is Phase.SCALE_DOWN_DELAY:
+            until = self._since() + timedelta(seconds=self.spec.scale_down_delay_s)
+            warm = f"{s.active} is active; {_old(s)} stays warm until {_time(until)}"
+            progressing = (False, "Promoted", warm)
+        elif s.phase is Phase.ABORTED and last is not None:
+            progressing = (False, last.reason or "Aborted", last.message or "")
+        else:
+            progressing = (False, "UpToDate", "the active colour runs the spec")
+        if s.phase is Phase.ABORTED and last is not None:
+            degraded = (True, last.reason or "Aborted", last.message or "")
+        else:
+            degraded = (False, "AsExpected", "")
+        return tuple(
+            self._condition(type_, gen, *value)
+            for type_, value in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded))
+        )
+
+    def _condition(self, type_: str, gen: int, status: bool, reason: str, message: str) -> Condition:
+        before = self.s.condition(type_)
+        since = before.last_transition_time if before is not None and before.status == status else self.now
+        return Condition(type_, status, reason, message, gen, since)
+
+
+def _old(s: Status) -> str:
+    return s.active.other().value if s.active else "-"
+
+
+# --- serialisation -------------------------------------------------------------------------------
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _enum(cls: type[_E], value: Any) -> _E | None:
+    try:
+        return cls(value) if value else None
+    except ValueError:
+        return None
+
+
+def _rollout_dict(r: Rollout | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {
+        "fromVersion": r.from_version,
+        "toVersion": r.to_version,
+        "fromColour": r.from_colour.value if r.from_colour else None,
+        "toColour": r.to_colour.value,
+        "revision": r.revision,
+        "startedAt": _time(r.started_at),
+        "finishedAt": _time(r.finished_at),
+        "result": r.result,
+        "reason": r.reason,
+        "message": r.message,
+    }
+
+
+def _parse_rollout(data: Mapping[str, Any] | None) -> Rollout | None:
+    if not data:
+        return None
+    return Rollout(
+        from_version=data.get("fromVersion"),
+        to_version=str(data["toVersion"]),
+        from_colour=_enum(Colour, data.get("fromColour")),
+        to_colour=Colour(data["toColour"]),
+        revision=str(data.get("revision", "")),
+        started_at=_parse_time(data.get("startedAt")) or EPOCH,
+        finished_at=_parse_time(data.get("finishedAt")),
+        result=data.get("result"),
+        reason=data.get("reason"),
+        message=data.get("message"),
+    )

@@ -1,0 +1,522 @@
+"""The blue/green state machine (wacoder_operator.rollout), with no Helm and no Kubernetes: a tiny
+world applies the actions it asks for (routes switch, ConfigMap written, Deployments go
+unavailable when a colour is re-applied or scaled down) and the test marks Deployments
+available and serves check results. Every transition, an abort at each phase, retargeting,
+instant rollback in the scale-down window, the deadline of each waiting phase, idempotence,
+a restart at each phase (the status through JSON and back), and the conditions' bookkeeping."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from wacoder_operator.rollout import (
+    ABORT_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    ApplyRelease,
+    CheckResult,
+    ClearAnnotation,
+    Colour,
+    Decision,
+    Emit,
+    Observed,
+    Phase,
+    Route,
+    ScaleDown,
+    Spec,
+    Status,
+    WriteConfigMap,
+    decide,
+)
+from wacoder_operator.values import rollout_spec
+
+BLUE, GREEN = Colour.BLUE, Colour.GREEN
+T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+OK = CheckResult(True, "readyz 200; synthetic message answered")
+FAILED = CheckResult(False, "synthetic message: HTTP 403 (signature refused)")
+
+
+def spec(version: str = "1.0", generation: int = 1, **changes: object) -> Spec:
+    base = Spec(
+        generation=generation,
+        version=version,
+        revision=f"rev-{version}",
+        values_hash=f"values-{version}",
+        config_hash="config-1",
+        scale_down_delay_s=300,
+        progress_deadline_s=600,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@dataclass
+class World:
+    """The cluster as the actions leave it."""
+
+    config_hash: str | None = None
+    routes: dict[str, Colour | None] = field(default_factory=dict)
+    available: set[Colour] = field(default_factory=set)
+    checks: CheckResult | None = None
+    applied: list[Colour] = field(default_factory=list)
+
+    def observed(self) -> Observed:
+        return Observed(self.config_hash, dict(self.routes), frozenset(self.available), self.checks)
+
+    def apply(self, decision: Decision, spec: Spec) -> None:
+        for action in decision.actions:
+            if isinstance(action, WriteConfigMap):
+                self.config_hash = spec.config_hash
+            elif isinstance(action, ApplyRelease):
+                self.applied.append(action.colour)
+                self.available.discard(action.colour)  # new pods: not available until they are
+            elif isinstance(action, Route):
+                if action.active:
+                    self.routes["active"] = action.active
+                if action.preview:
+                    self.routes["preview"] = action.preview
+            elif isinstance(action, ScaleDown):
+                self.available.discard(action.colour)
+
+
+@dataclass
+class Bot:
+    world: World = field(default_factory=World)
+    status: Status = field(default_factory=Status)
+    now: datetime = T0
+
+    def step(self, spec: Spec, seconds: float = 1) -> Decision:
+        self.now += timedelta(seconds=seconds)
+        decision = decide(spec, self.status, self.world.observed(), self.now)
+        self.world.apply(decision, spec)
+        self.status = decision.status
+        return decision
+
+
+def kinds(decision: Decision) -> list[type]:
+    return [type(a) for a in decision.actions]
+
+
+def events(decision: Decision) -> list[tuple[str, str]]:
+    return [(a.type, a.reason) for a in decision.actions if isinstance(a, Emit)]
+
+
+def conditions(status: Status) -> dict[str, tuple[bool, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def healthy(version: str = "1.0") -> Bot:
+    """A new bot driven to Healthy on blue."""
+    bot = Bot()
+    bot.step(spec(version))
+    bot.world.available.add(BLUE)
+    bot.step(spec(version))
+    bot.world.checks = OK
+    bot.step(spec(version))
+    bot.world.checks = None
+    assert bot.status.phase is Phase.HEALTHY
+    return bot
+
+
+def rolling(phase: Phase, to: str = "2.0", **changes: object) -> Bot:
+    """Healthy on blue 1.0, then a rollout to `to` on green brought to `phase`."""
+    bot = healthy()
+    target = spec(to, 2, **changes)
+    bot.step(target)
+    if phase is not Phase.DEPLOYING:
+        bot.world.available.add(GREEN)
+        bot.step(target)
+    if phase in (Phase.PAUSED, Phase.SCALE_DOWN_DELAY, Phase.HEALTHY):
+        bot.world.checks = OK
+        bot.step(target)
+        bot.world.checks = None
+    if phase is Phase.HEALTHY:
+        bot.step(target, seconds=400)
+    assert bot.status.phase is phase, bot.status
+    return bot
+
+
+# --- transitions ---------------------------------------------------------------------------------
+
+
+def test_a_new_bot_installs_blue_checks_it_and_routes_both_services_to_it() -> None:
+    bot = Bot()
+    first = bot.step(spec())
+    assert first.actions[:2] == (WriteConfigMap(), ApplyRelease(BLUE))
+    assert Route(None, BLUE) in first.actions  # the preview Service; <bot>-active waits for a colour
+    assert ("Normal", "RolloutStarted") in events(first)
+    assert bot.status.phase is Phase.DEPLOYING and bot.status.preview is BLUE and bot.status.active is None
+    assert conditions(bot.status) == {
+        "Ready": (False, "Installing"),
+        "Progressing": (True, "Deploying"),
+        "Degraded": (False, "AsExpected"),
+    }
+    assert bot.step(spec()).actions == ()  # Deployments not available yet: wait
+    bot.world.available.add(BLUE)
+    assert bot.step(spec()).actions == () and bot.status.phase is Phase.VERIFYING
+    bot.world.checks = OK
+    promoted = bot.step(spec())
+    assert Route(BLUE, BLUE) in promoted.actions and ("Normal", "Promoted") in events(promoted)
+    assert bot.status.phase is Phase.HEALTHY and bot.status.active is BLUE and bot.status.preview is None
+    assert conditions(bot.status)["Ready"] == (True, "Serving")
+    assert bot.status.last is not None and bot.status.last.result == "Promoted"
+    assert bot.status.last.from_version is None and bot.status.last.to_version == "1.0"
+    assert bot.status.current is None
+
+
+def test_a_new_version_goes_blue_green_and_the_old_colour_scales_down_after_the_delay() -> None:
+    bot = healthy()
+    target = spec("2.0", 2)
+    started = bot.step(target)
+    assert kinds(started) == [ApplyRelease, Route, Emit]
+    assert ApplyRelease(GREEN) in started.actions and Route(BLUE, GREEN) in started.actions
+    current = bot.status.current
+    assert current is not None and (current.from_version, current.to_version) == ("1.0", "2.0")
+    assert (current.from_colour, current.to_colour, current.started_at) == (BLUE, GREEN, bot.now)
+    assert conditions(bot.status)["Ready"] == (True, "RolloutInProgress")
+    bot.world.available.add(GREEN)
+    bot.step(target)
+    assert bot.status.phase is Phase.VERIFYING
+    bot.world.checks = OK
+    promoted = bot.step(target)
+    assert Route(GREEN, GREEN) in promoted.actions and ScaleDown not in kinds(promoted)
+    assert bot.status.phase is Phase.SCALE_DOWN_DELAY and bot.status.active is GREEN
+    assert bot.status.last is not None and bot.status.last.result == "Promoted"
+    assert bot.status.last.finished_at == bot.now and bot.status.current is None
+    bot.world.checks = None
+    assert bot.step(target, seconds=100).actions == ()  # inside the window: warm
+    done = bot.step(target, seconds=300)
+    assert done.actions == (ScaleDown(BLUE),)
+    assert bot.status.phase is Phase.HEALTHY and bot.status.releases[BLUE].scaled_down
+    assert bot.status.to_dict()["activeVersion"] == "2.0"
+
+
+def test_without_auto_promote_it_pauses_until_the_promote_annotation() -> None:
+    bot = rolling(Phase.PAUSED, auto_promote=False)
+    manual = spec("2.0", 2, auto_promote=False)
+    assert conditions(bot.status)["Progressing"] == (True, "AwaitingPromotion")
+    assert bot.step(manual, seconds=60).actions == ()
+    promoted = bot.step(replace(manual, promote=True))
+    assert Route(GREEN, GREEN) in promoted.actions and ClearAnnotation(PROMOTE_ANNOTATION) in promoted.actions
+    assert bot.status.phase is Phase.SCALE_DOWN_DELAY
+
+
+def test_a_replicas_only_change_upgrades_the_active_colour_in_place() -> None:
+    bot = healthy()
+    scaled = bot.step(spec(values_hash="values-1.0-more-replicas"))
+    assert scaled.actions == (ApplyRelease(BLUE),) and bot.status.phase is Phase.HEALTHY
+
+
+# --- abort ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", [Phase.DEPLOYING, Phase.VERIFYING, Phase.PAUSED])
+def test_abort_by_annotation_in_each_waiting_phase_keeps_traffic_on_the_old_colour(phase: Phase) -> None:
+    bot = rolling(phase, auto_promote=False)
+    aborted = bot.step(spec("2.0", 2, auto_promote=False, abort=True))
+    assert Route(BLUE, BLUE) in aborted.actions  # the preview Service back on the active colour
+    assert ScaleDown(GREEN) in aborted.actions and ClearAnnotation(ABORT_ANNOTATION) in aborted.actions
+    assert ("Warning", "AbortRequested") in events(aborted)
+    assert ApplyRelease not in kinds(aborted)
+    assert bot.status.phase is Phase.ABORTED and bot.status.active is BLUE and bot.status.preview is None
+    assert conditions(bot.status) == {
+        "Ready": (True, "RolloutAborted"),
+        "Progressing": (False, "AbortRequested"),
+        "Degraded": (True, "AbortRequested"),
+    }
+    last = bot.status.last
+    assert last is not None and (last.result, last.reason, last.to_version) == (
+        "Aborted",
+        "AbortRequested",
+        "2.0",
+    )
+    # Aborted is stable: the same spec does not start again ...
+    assert bot.step(spec("2.0", 2, auto_promote=False), seconds=3600).actions == ()
+    # ... a new one does.
+    again = bot.step(spec("2.1", 3))
+    assert ApplyRelease(GREEN) in again.actions and bot.status.phase is Phase.DEPLOYING
+
+
+def test_a_failed_check_aborts_and_reports_degraded() -> None:
+    bot = rolling(Phase.VERIFYING)
+    bot.world.checks = FAILED
+    aborted = bot.step(spec("2.0", 2))
+    assert ("Warning", "PromotionCheckFailed") in events(aborted) and ScaleDown(GREEN) in aborted.actions
+    assert bot.world.routes == {"active": BLUE, "preview": BLUE}
+    assert conditions(bot.status)["Degraded"] == (True, "PromotionCheckFailed")
+    assert bot.status.condition("Degraded").message == FAILED.message  # type: ignore[union-attr]
+
+
+def test_a_failed_first_install_is_degraded_and_not_ready() -> None:
+    bot = Bot()
+    bot.step(spec())
+    bot.world.available.add(BLUE)
+    bot.step(spec())
+    bot.world.checks = FAILED
+    aborted = bot.step(spec())
+    assert ScaleDown(BLUE) in aborted.actions and bot.status.active is None
+    assert conditions(bot.status)["Ready"] == (False, "Aborted")
+    assert conditions(bot.status)["Degraded"] == (True, "PromotionCheckFailed")
+    bot.world.checks = None
+    retry = bot.step(spec("1.1", 2))
+    assert ApplyRelease(BLUE) in retry.actions and bot.status.phase is Phase.DEPLOYING
+
+
+def test_the_promote_annotation_retries_an_aborted_rollout() -> None:
+    bot = rolling(Phase.DEPLOYING)
+    bot.step(spec("2.0", 2, abort=True))
+    retry = bot.step(spec("2.0", 2, promote=True))
+    assert ApplyRelease(GREEN) in retry.actions and ClearAnnotation(PROMOTE_ANNOTATION) in retry.actions
+    assert bot.status.phase is Phase.DEPLOYING
+
+
+def test_reverting_the_spec_after_an_abort_clears_degraded() -> None:
+    bot = rolling(Phase.VERIFYING)
+    bot.world.checks = FAILED
+    bot.step(spec("2.0", 2))
+    bot.world.checks = None
+    recovered = bot.step(spec("1.0", 3))
+    assert ApplyRelease not in kinds(recovered) and bot.status.phase is Phase.HEALTHY
+    assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+    assert all(c.observed_generation == 3 for c in bot.status.conditions)
+
+
+@pytest.mark.parametrize("phase", [Phase.DEPLOYING, Phase.VERIFYING, Phase.PAUSED])
+def test_each_waiting_phase_aborts_after_the_progress_deadline(phase: Phase) -> None:
+    bot = rolling(phase, auto_promote=False)
+    target = spec("2.0", 2, auto_promote=False)
+    if phase is Phase.DEPLOYING:
+        bot.world.available.clear()
+    entered = bot.status.phase_since
+    assert entered is not None
+    assert bot.step(target, seconds=599).actions == ()  # within the deadline: waiting
+    aborted = bot.step(target, seconds=2)
+    assert ("Warning", "ProgressDeadlineExceeded") in events(aborted)
+    assert bot.status.phase is Phase.ABORTED and bot.status.active is BLUE
+    assert conditions(bot.status)["Degraded"] == (True, "ProgressDeadlineExceeded")
+    assert str(phase) in bot.status.condition("Degraded").message  # type: ignore[union-attr]
+
+
+def test_progress_at_the_deadline_wins_over_the_deadline() -> None:
+    bot = rolling(Phase.DEPLOYING)
+    bot.world.available.add(GREEN)
+    bot.step(spec("2.0", 2), seconds=3600)
+    assert bot.status.phase is Phase.VERIFYING
+
+
+# --- retarget and rollback -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", [Phase.DEPLOYING, Phase.VERIFYING, Phase.PAUSED])
+def test_a_new_spec_mid_rollout_retargets_the_preview(phase: Phase) -> None:
+    bot = rolling(phase, auto_promote=False)
+    started = bot.status.current.started_at  # type: ignore[union-attr]
+    retarget = bot.step(spec("3.0", 3, auto_promote=False))
+    assert ApplyRelease(GREEN) in retarget.actions and ("Normal", "RolloutRetargeted") in events(retarget)
+    assert Route not in kinds(retarget)  # the active colour never moved
+    assert bot.status.phase is Phase.DEPLOYING and bot.status.preview is GREEN
+    current = bot.status.current
+    assert current is not None and (current.from_version, current.to_version) == ("1.0", "3.0")
+    assert current.started_at == started and current.revision == "rev-3.0"
+    assert bot.status.releases[GREEN].version == "3.0" and GREEN not in bot.world.available
+
+
+def test_going_back_to_the_active_version_mid_rollout_cancels_it() -> None:
+    bot = rolling(Phase.VERIFYING)
+    cancelled = bot.step(spec("1.0", 3))
+    assert ScaleDown(GREEN) in cancelled.actions and ApplyRelease not in kinds(cancelled)
+    assert bot.status.phase is Phase.HEALTHY and bot.status.last.result == "Cancelled"  # type: ignore[union-attr]
+    assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+
+
+def test_abort_within_the_scale_down_window_is_an_instant_rollback() -> None:
+    bot = rolling(Phase.SCALE_DOWN_DELAY)
+    back = bot.step(spec("2.0", 2, abort=True), seconds=60)
+    assert back.actions[0] == Route(BLUE, BLUE)  # traffic first, nothing to install: blue is warm
+    assert ScaleDown(GREEN) in back.actions and ApplyRelease not in kinds(back)
+    assert ("Warning", "RolledBack") in events(back)
+    assert bot.status.active is BLUE and bot.status.phase is Phase.ABORTED
+    last = bot.status.last
+    assert last is not None and (last.result, last.reason, last.to_version) == (
+        "RolledBack",
+        "AbortRequested",
+        "2.0",
+    )
+    assert conditions(bot.status)["Degraded"] == (True, "AbortRequested")
+    assert bot.step(spec("2.0", 2), seconds=60).actions == ()
+
+
+def test_reverting_the_version_within_the_window_switches_back_instantly() -> None:
+    bot = rolling(Phase.SCALE_DOWN_DELAY)
+    back = bot.step(spec("1.0", 3), seconds=60)
+    assert back.actions[0] == Route(BLUE, BLUE) and ApplyRelease not in kinds(back)
+    assert bot.status.phase is Phase.HEALTHY and bot.status.active is BLUE
+    assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+
+
+def test_after_the_window_going_back_is_a_full_rollout() -> None:
+    bot = rolling(Phase.HEALTHY)
+    back = bot.step(spec("1.0", 3))
+    assert ApplyRelease(BLUE) in back.actions and bot.status.phase is Phase.DEPLOYING
+
+
+def test_a_new_version_within_the_window_rolls_out_onto_the_warm_colour() -> None:
+    bot = rolling(Phase.SCALE_DOWN_DELAY)
+    nxt = bot.step(spec("3.0", 3), seconds=10)
+    assert ApplyRelease(BLUE) in nxt.actions and bot.status.phase is Phase.DEPLOYING
+    assert bot.status.current.from_version == "2.0"  # type: ignore[union-attr]
+
+
+# --- idempotence, restarts, conditions -----------------------------------------------------------
+
+PHASES = [
+    Phase.DEPLOYING,
+    Phase.VERIFYING,
+    Phase.PAUSED,
+    Phase.SCALE_DOWN_DELAY,
+    Phase.HEALTHY,
+    Phase.ABORTED,
+]
+
+
+def at(phase: Phase) -> tuple[Bot, Spec]:
+    if phase is Phase.ABORTED:
+        bot = rolling(Phase.DEPLOYING)
+        bot.step(spec("2.0", 2, abort=True))
+        return bot, spec("2.0", 2)
+    manual = phase is Phase.PAUSED
+    return rolling(phase, auto_promote=not manual), spec("2.0", 2, auto_promote=not manual)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_deciding_again_on_what_it_left_asks_for_nothing(phase: Phase) -> None:
+    bot, target = at(phase)
+    before = bot.status
+    again = bot.step(target, seconds=1)
+    assert again.actions == ()
+    assert again.status == replace(before, conditions=again.status.conditions)
+    assert again.status.conditions == before.conditions  # nothing changed, no transition time either
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_restarted_operator_resumes_from_the_status_alone(phase: Phase) -> None:
+    bot, target = at(phase)
+    stored = json.loads(json.dumps(bot.status.to_dict()))  # what the API server keeps
+    restored = Status.from_dict(stored)
+    assert restored == bot.status
+    # Whatever happens next, the restarted operator decides as the one that never stopped.
+    bot.world.available.add(bot.status.preview or BLUE)
+    bot.world.checks = OK
+    later = bot.now + timedelta(seconds=400)
+    assert decide(target, restored, bot.world.observed(), later) == decide(
+        target, bot.status, bot.world.observed(), later
+    )
+
+
+def test_a_restart_before_the_status_was_written_repeats_only_idempotent_actions() -> None:
+    bot = healthy()
+    lost = bot.status
+    first = bot.step(spec("2.0", 2))
+    # The operator died after running the actions, before patching the status: same decision again.
+    again = decide(spec("2.0", 2), lost, bot.world.observed(), bot.now)
+    assert [a for a in again.actions if not isinstance(a, Route)] == list(
+        a for a in first.actions if not isinstance(a, Route)
+    )
+    assert again.status == first.status
+
+
+def test_condition_transition_times_move_only_when_their_status_does() -> None:
+    bot = healthy()
+    ready_since = bot.status.condition("Ready").last_transition_time  # type: ignore[union-attr]
+    progressing_since = bot.status.condition("Progressing").last_transition_time  # type: ignore[union-attr]
+    bot.step(spec("2.0", 2), seconds=30)
+    ready = bot.status.condition("Ready")
+    progressing = bot.status.condition("Progressing")
+    assert ready is not None and progressing is not None
+    assert ready.status and ready.reason == "RolloutInProgress" and ready.last_transition_time == ready_since
+    assert progressing.status and progressing.last_transition_time == bot.now != progressing_since
+    assert {c.observed_generation for c in bot.status.conditions} == {2}
+    assert bot.status.observed_generation == 2
+
+
+def test_config_only_changes_write_the_configmap_and_never_roll_out() -> None:
+    bot = healthy()
+    changed = bot.step(spec(config_hash="config-2"))
+    assert changed.actions == (WriteConfigMap(),) and bot.status.phase is Phase.HEALTHY
+    mid = rolling(Phase.VERIFYING)
+    during = mid.step(spec("2.0", 2, config_hash="config-2"))
+    assert during.actions == (WriteConfigMap(),) and mid.status.phase is Phase.VERIFYING
+
+
+def test_promote_or_abort_with_nothing_to_act_on_is_cleared_and_ignored() -> None:
+    bot = healthy()
+    both = bot.step(spec(promote=True, abort=True))
+    assert (
+        ClearAnnotation(PROMOTE_ANNOTATION) in both.actions
+        and ClearAnnotation(ABORT_ANNOTATION) in both.actions
+    )
+    assert ApplyRelease not in kinds(both) and bot.status.phase is Phase.HEALTHY
+
+
+# --- which spec changes roll out (through values.rollout_spec) -----------------------------------
+
+BASE = {
+    "version": "1.0",
+    "whitelist": ["+15551234567"],
+    "rateLimits": {"perPhonePerMinute": 10, "globalPerMinute": 100},
+    "model": {"name": "gpt-4o-mini", "baseUrl": "", "temperature": 0.2},
+    "twilio": {"secretRef": {"name": "acme-twilio"}, "whatsappNumber": "whatsapp:+14155238886"},
+    "redis": {"urlSecretRef": {"name": "acme-redis"}},
+    "replicas": {"webhook": 2},
+}
+
+
+def with_(path: str, value: object) -> dict[str, object]:
+    changed = json.loads(json.dumps(BASE))
+    *parents, leaf = path.split(".")
+    node = changed
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "rolls_out", "rewrites_config"),
+    [
+        ("whitelist", ["+15551234567", "+15557654321"], False, True),
+        ("rateLimits.perPhonePerMinute", 5, False, True),
+        ("rateLimits.globalPerMinute", 50, False, True),
+        ("model.temperature", 0.7, False, True),
+        ("version", "1.1", True, False),
+        ("model.name", "gpt-4.1", True, False),
+        ("model.baseUrl", "https://llm.example.org/v1", True, False),
+        ("replicas.webhook", 4, False, False),
+    ],
+)
+def test_which_spec_changes_roll_out(
+    path: str, value: object, rolls_out: bool, rewrites_config: bool
+) -> None:
+    before = rollout_spec("acme", BASE, 1, {})
+    after = rollout_spec("acme", with_(path, value), 2, {})
+    assert (after.revision != before.revision) is rolls_out
+    assert (after.config_hash != before.config_hash) is rewrites_config
+    assert after.values_hash != before.values_hash or rewrites_config
+    bot = healthy()
+    bot.world.config_hash = before.config_hash
+    bot.status = replace(
+        bot.status,
+        releases={
+            BLUE: replace(bot.status.releases[BLUE], revision=before.revision, values_hash=before.values_hash)
+        },
+    )
+    decision = bot.step(after)
+    assert (bot.status.phase is Phase.DEPLOYING) is rolls_out
+    assert (WriteConfigMap() in decision.actions) is rewrites_config
+
+
+def test_annotations_become_the_specs_promote_and_abort() -> None:
+    assert rollout_spec("acme", BASE, 1, {PROMOTE_ANNOTATION: "true"}).promote
+    assert rollout_spec("acme", BASE, 1, {ABORT_ANNOTATION: ""}).abort
+    assert not rollout_spec("acme", BASE, 1, {PROMOTE_ANNOTATION: "false"}).promote
