@@ -379,6 +379,49 @@ def test_unknown_fields_are_refused_everywhere_in_spec_but_status_keeps_them() -
     assert problems(bot) == []
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies kopf's status patches: null removes a key; a list is
+    replaced whole (a null inside it stays)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def test_the_operators_status_fits_the_status_schema() -> None:
+    """Every status the operator's state machine writes (wacoder_operator.rollout, through a first
+    install, a rollout, a failed check) is accepted by the status schema, patch after patch."""
+    from datetime import UTC, datetime, timedelta
+
+    from wacoder_operator.rollout import CheckResult, Colour, Observed, Status, decide
+    from wacoder_operator.values import rollout_spec
+
+    bot = apply_defaults(load(EXAMPLES / "production.yaml"), schema())
+    now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    status, stored, phases = Status(), {}, set()
+    for version, checks_pass in (("0.1.0", True), ("0.2.0", True), ("0.3.0", False)):
+        bot["spec"]["version"] = version
+        spec = rollout_spec("acme", bot["spec"], 1, {"whatsappcoder.dev/promote": "true"})
+        for _ in range(8):
+            observed = Observed(
+                config_hash=spec.config_hash,
+                routes={"active": status.active, "preview": status.preview},
+                available=frozenset(Colour),
+                checks=CheckResult(checks_pass, "ok" if checks_pass else "synthetic message: no reply"),
+            )
+            now += timedelta(seconds=400)
+            status = decide(spec, status, observed, now).status
+            stored = merge_patch(stored, status.to_dict())
+            phases.add(stored.get("phase"))
+            assert problems({**bot, "status": stored}) == [], stored
+    assert len(phases) >= 3, phases
+
+
 @pytest.mark.skipif(celpy is None, reason="cel-python is not installed: the Python equivalents stand in")
 def test_cel_and_python_equivalents_agree() -> None:
     cases: dict[str, list[Any]] = {
@@ -676,6 +719,8 @@ def test_rbac_can_be_left_out() -> None:
 
 
 def test_readme_shows_apply_and_get_with_the_printer_columns() -> None:
+    from wacoder_operator.rollout import Phase
+
     readme = (CHART / "README.md").read_text()
     for example in ("minimal.yaml", "production.yaml"):
         assert f"kubectl apply -f operator/examples/{example}" in readme
@@ -694,5 +739,6 @@ def test_readme_shows_apply_and_get_with_the_printer_columns() -> None:
             assert cells[0] in versions, line  # the examples' bots
             assert cells[header.index("ACTIVE")] in {"blue", "green"}, line
             assert cells[header.index("READY")] in {"True", "False", "Unknown"}, line
+            assert cells[header.index("PHASE")] in {phase.value for phase in Phase}, line
             if not wide:
                 assert cells[header.index("VERSION")] == versions[cells[0]], line
