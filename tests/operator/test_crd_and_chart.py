@@ -576,15 +576,18 @@ KOPF_CLUSTER = {
     ("", "namespaces"): {"list", "watch"},
 }
 OPERATOR_NAMESPACED = {
+    # kopf: list/watch/patch (finalizer, annotations); the operator: get, patch (annotations)
     ("whatsappcoder.dev", "whatsappbots"): {"get", "list", "watch", "patch"},
     ("whatsappcoder.dev", "whatsappbots/status"): {"patch"},
-    # OwnerReferencesPermissionEnforcement: blockOwnerDeletion towards a bot
+    # OwnerReferencesPermissionEnforcement: the operator's ownerReferences block the bot's deletion
     ("whatsappcoder.dev", "whatsappbots/finalizers"): {"update"},
-    ("", "events"): {"create"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("apps", "deployments"): {"get", "list", "watch"},
-    # helm's release records
+    ("", "events"): {"create"},  # kopf's and the operator's, POSTed
+    # the operator's own: the ConfigMap and routing Services (get, create, merge patch); the
+    # Deployments (list by label, patch to zero); nothing but the bots is watched (a timer polls)
+    ("", "configmaps"): {"get", "create", "patch"},
+    ("", "services"): {"get", "create", "patch"},
+    ("apps", "deployments"): {"list", "patch"},
+    # the Twilio token the synthetic message is signed with; helm's release records
     ("", "secrets"): {"get", "list", "create", "update", "delete"},
 }
 # A kind the whatsapp-coder chart renders -> its API group and resource.

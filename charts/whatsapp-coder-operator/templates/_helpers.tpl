@@ -57,13 +57,16 @@ with --all-namespaces the Namespaces. kopf runs --standalone (one pod, no peerin
 
 {{/*
 In the bots' namespaces:
-- the WhatsAppBots: kopf lists and watches them and patches them (finalizer, its annotations),
-  the operator patches their status; `update` of whatsappbots/finalizers is what the
-  OwnerReferencesPermissionEnforcement admission plugin asks of whoever sets an ownerReference
-  with blockOwnerDeletion to a bot (kopf.adopt does, on the ConfigMap and routing Services);
-- Events (kopf posts them);
-- what the operator owns itself (the bot's ConfigMap, the routing Services) and watches (the
-  Deployments of both colours, whose availability gates a rollout);
+- the WhatsAppBots: kopf lists and watches them and patches them (its finalizer and annotations),
+  the operator reads one (get), patches its status and clears its promote/abort annotations;
+  `update` of whatsappbots/finalizers is what the OwnerReferencesPermissionEnforcement admission
+  plugin asks of whoever sets an ownerReference with blockOwnerDeletion to a bot (the operator
+  does, on the bot's ConfigMap and routing Services);
+- Events: kopf and the operator post them (create; never patched);
+- what the operator owns (the bot's ConfigMap, the routing Services: get, create, merge patch),
+  reads (the Deployments of a colour, listed by label, and scales to zero with a patch) and the
+  Secret it signs the synthetic message with (get); nothing is watched but the WhatsAppBots
+  (the operator polls on a kopf timer);
 - what `helm upgrade --install` / `helm uninstall` (no --wait, --skip-crds) of the
   whatsapp-coder chart creates, changes and deletes: exactly the kinds that chart renders, and
   helm's release records (Secrets; helm never patches or watches them).
@@ -87,10 +90,10 @@ In the bots' namespaces:
   verbs: [create]
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: {{ include "operator.helmVerbs" . }}
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: {{ include "operator.helmVerbs" . }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, create, update, delete]
