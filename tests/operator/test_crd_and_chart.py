@@ -471,9 +471,13 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no-service-monitors": ("--set", "rbac.serviceMonitors=false"),
     "everything": (
         "--set",
-        "logLevel=debug",
-        "--set-json",
-        'extraArgs=["--priority=10"]',
+        "logLevel=DEBUG",
+        "--set",
+        "appChart=/app/charts/whatsapp-coder",
+        "--set",
+        "botImageRepository=registry.example.org/whatsapp-coder",
+        "--set",
+        "previewUrl=http://{bot}-preview.{namespace}.svc.cluster.local:8000",
         "--set-json",
         'extraEnv=[{"name":"HELM_BIN","value":"/usr/local/bin/helm"}]',
         "--set",
@@ -536,17 +540,12 @@ def test_deployment_runs_kopf_locked_down_with_probes_on_its_liveness_endpoint()
         pod = spec["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
         (container,) = pod["containers"]
-        assert container["command"] == ["python", "-m", "wacoder_operator"]
-        arguments = container["args"]
-        assert "--standalone" in arguments
-        if variant == "namespaced":
-            assert "--all-namespaces" not in arguments
-            assert {"--namespace=bots", "--namespace=team-a"} <= set(arguments)
-        else:
-            assert "--all-namespaces" in arguments and not any(a.startswith("--namespace") for a in arguments)
-        (liveness,) = [a for a in arguments if a.startswith("--liveness=")]
-        match = re.fullmatch(r"--liveness=http://0\.0\.0\.0:(\d+)/healthz", liveness)
-        assert match, liveness
+        assert container["command"] == ["python", "-m", "wacoder_operator"] and "args" not in container
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        # kopf runs standalone (wacoder_operator.main), all namespaces unless told
+        assert env["WATCH_NAMESPACE"] == ("bots,team-a" if variant == "namespaced" else "")
+        match = re.fullmatch(r"http://0\.0\.0\.0:(\d+)/healthz", env["LIVENESS_ENDPOINT"])
+        assert match, env["LIVENESS_ENDPOINT"]
         port = int(match[1])
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"health": port}
@@ -560,12 +559,27 @@ def test_deployment_runs_kopf_locked_down_with_probes_on_its_liveness_endpoint()
         assert security["seccompProfile"] == {"type": "RuntimeDefault"}
         assert "privileged" not in security
         assert container["resources"]["limits"] and container["resources"]["requests"]
-        env = {e["name"]: e.get("value") for e in container["env"]}
         tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
         assert tmp and all(env[v].startswith("/tmp") for v in ("HOME", "HELM_CACHE_HOME", "HELM_CONFIG_HOME"))
         assert pod["serviceAccountName"] == (
             "op" if variant == "everything" else "wacoder-whatsapp-coder-operator"
         )
+
+
+# Set for helm and the process, not read by the operator's code.
+PROCESS_ENV = {"HOME", "HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME", "HELM_BIN"}
+
+
+@needs_helm
+def test_every_variable_the_deployment_sets_is_read_by_the_operator() -> None:
+    source = "\n".join(p.read_text() for p in (REPO / "operator" / "wacoder_operator").glob("*.py"))
+    read = set(re.findall(r"os\.environ(?:\.get\(|\[)\"([A-Z_]+)\"", source))
+    assert {"WATCH_NAMESPACE", "LIVENESS_ENDPOINT"} <= read
+    (deployment,) = of_kind(render(*VARIANTS["everything"]), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    names = {e["name"] for e in container["env"]}
+    assert names - PROCESS_ENV <= read, f"set but never read: {names - PROCESS_ENV - read}"
+    assert {"WACODER_CHART", "WACODER_IMAGE_REPOSITORY", "WACODER_PREVIEW_URL", "LOG_LEVEL"} <= names
 
 
 # RBAC: what the operator calls. (apiGroup, resource) -> verbs.
