@@ -755,3 +755,22 @@ def test_readme_shows_apply_and_get_with_the_printer_columns() -> None:
             assert cells[header.index("PHASE")] in {phase.value for phase in Phase}, line
             if not wide:
                 assert cells[header.index("VERSION")] == versions[cells[0]], line
+
+
+def test_readme_values_table_names_every_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    table = (CHART / "README.md").read_text().split("## Values", 1)[1]
+    keys = set(
+        re.findall(r"`([A-Za-z.*]+)`", "\n".join(line.split("|")[1] for line in table.splitlines()[3:]))
+    )
+
+    def leaves(node: Any, prefix: str = "") -> Iterator[str]:
+        for key, value in node.items():
+            if isinstance(value, dict) and value and key not in {"resources"}:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    for leaf in leaves(values):
+        parent = leaf.rsplit(".", 1)[0] + ".*"
+        assert leaf in keys or parent in keys, f"README values table: {leaf}"
