@@ -1,0 +1,3 @@
+from wacoder_operator.main import main
+
+main()

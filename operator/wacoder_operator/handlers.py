@@ -1,0 +1,235 @@
+"""The kopf handlers: thin. Each one (create, update, resume, the timer) calls `reconcile`, which
+reads the bot afresh, observes the cluster, asks the state machine (`rollout.decide`), runs the
+actions and writes the status; the delete handler (behind kopf's finalizer) uninstalls both
+colours' releases. One bot is reconciled by one task at a time.
+
+Environment: HELM_BIN (else `helm` from PATH), WACODER_CHART (the chart to install; default the
+checkout's charts/whatsapp-coder), WACODER_IMAGE_REPOSITORY (optional image.repository),
+WACODER_PREVIEW_URL (the promotion checks' base URL template, `{bot}` and `{namespace}`),
+WACODER_OPERATOR_INTERVAL (seconds between timer reconciles, default 10)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+
+from wacoder_operator.checks import (
+    ALL_CHECKS,
+    DEFAULT_PREVIEW_URL,
+    DEFAULT_PUBLIC_BASE_URL,
+    DEFAULT_SENDER,
+    Checker,
+    HttpChecker,
+)
+from wacoder_operator.helm import Helm, HelmCli, HelmError
+from wacoder_operator.kube import GROUP, PLURAL, VERSION, BotRef, Kube, KubeApi, KubeError, colour_available
+from wacoder_operator.rollout import (
+    ApplyRelease,
+    ClearAnnotation,
+    Colour,
+    Decision,
+    Emit,
+    Observed,
+    Phase,
+    Route,
+    ScaleDown,
+    Status,
+    WriteConfigMap,
+    decide,
+)
+from wacoder_operator.values import (
+    bot_config,
+    config_hash,
+    config_map_name,
+    helm_values,
+    release_name,
+    rollout_spec,
+)
+
+log = logging.getLogger("wacoder_operator")
+
+DEFAULT_CHART = Path(__file__).resolve().parents[2] / "charts" / "whatsapp-coder"
+INTERVAL_S = float(os.environ.get("WACODER_OPERATOR_INTERVAL", "10"))
+MAX_STEPS = 5  # transitions one reconcile may chain (Deploying -> Verifying -> promoted)
+
+
+@dataclass
+class Operator:
+    kube: Kube
+    helm: Helm
+    checker: Checker
+    image_repository: str | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+
+    async def reconcile(self, ref: BotRef) -> None:
+        async with self.locks.setdefault((ref.namespace, ref.name), asyncio.Lock()):
+            body = await self.kube.bot(ref)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            meta, raw = body["metadata"], body.get("spec") or {}
+            annotations = dict(meta.get("annotations") or {})
+            stored = body.get("status") or {}
+            status = Status.from_dict(stored)
+            for _ in range(MAX_STEPS):
+                spec = rollout_spec(
+                    ref.name, raw, int(meta.get("generation") or 1), annotations, self.image_repository
+                )
+                decision = decide(spec, status, await self._observe(ref, raw, status), self.clock())
+                await self._execute(ref, raw, decision)
+                if decision.status.to_dict() != {key: stored.get(key) for key in decision.status.to_dict()}:
+                    await self.kube.patch_status(ref, decision.status.to_dict())
+                    stored = {**stored, **decision.status.to_dict()}
+                annotations = {k: v for k, v in annotations.items() if not k.startswith(GROUP)}
+                if decision.status.phase == status.phase:
+                    break
+                status = decision.status
+
+    async def _observe(self, ref: BotRef, raw: Mapping[str, Any], status: Status) -> Observed:
+        available = set()
+        for colour, release in status.releases.items():
+            if not release.scaled_down:
+                deployments = await self.kube.deployments(ref, release_name(ref.name, colour))
+                if colour_available(deployments, release.version):
+                    available.add(colour)
+        checks = None
+        if status.phase is Phase.VERIFYING and status.preview is not None:
+            checks = await self._checks(ref, raw)
+        return Observed(
+            config_hash=config_hash(await self.kube.config_map(ref, config_map_name(ref.name))),
+            routes=await self.kube.routes(ref),
+            available=frozenset(available),
+            checks=checks,
+        )
+
+    async def _checks(self, ref: BotRef, raw: Mapping[str, Any]) -> Any:
+        twilio = raw.get("twilio") or {}
+        secret = twilio.get("secretRef") or raw.get("secretRef") or {"name": f"{ref.name}-secrets"}
+        token = await self.kube.secret_value(
+            ref, secret["name"], secret.get("authTokenKey", "twilio-auth-token")
+        )
+        return await self.checker.run(
+            bot=ref.name,
+            namespace=ref.namespace,
+            checks=(raw.get("rollout") or {}).get("promotionChecks", ALL_CHECKS),
+            public_base_url=twilio.get("publicBaseUrl") or DEFAULT_PUBLIC_BASE_URL,
+            auth_token=token,
+            recipient=twilio.get("whatsappNumber") or DEFAULT_SENDER,
+            whitelist=list(raw.get("whitelist") or []),
+        )
+
+    async def _execute(self, ref: BotRef, raw: Mapping[str, Any], decision: Decision) -> None:
+        for action in decision.actions:
+            log.info("%s/%s: %s", ref.namespace, ref.name, action)
+            match action:
+                case WriteConfigMap():
+                    await self.kube.write_config_map(ref, config_map_name(ref.name), bot_config(raw))
+                case ApplyRelease(colour=colour):
+                    values = helm_values(ref.name, raw, colour, self.image_repository)
+                    await self.helm.upgrade_install(release_name(ref.name, colour), ref.namespace, values)
+                case Route(active=active, preview=preview):
+                    for role, colour_or_none in (("active", active), ("preview", preview)):
+                        if colour_or_none is not None:
+                            await self.kube.route(ref, role, colour_or_none)
+                case ScaleDown(colour=colour):
+                    await self.kube.scale_down(ref, release_name(ref.name, colour))
+                case Emit(type=type_, reason=reason, message=message):
+                    await self.kube.event(ref, type_, reason, message)
+                case ClearAnnotation(key=key):
+                    await self.kube.clear_annotation(ref, key)
+
+    async def uninstall(self, ref: BotRef) -> None:
+        for colour in Colour:
+            await self.helm.uninstall(release_name(ref.name, colour), ref.namespace)
+        await self.kube.event(ref, "Normal", "Uninstalled", "both colours' Helm releases uninstalled")
+
+
+# --- kopf wiring ---------------------------------------------------------------------------------
+
+_runtime: dict[str, Any] = {}
+
+
+def operator() -> Operator:
+    if "operator" not in _runtime:
+        connection = _runtime.get("connection")
+        if connection is None:
+            raise kopf.TemporaryError("not logged in to the Kubernetes API yet", delay=1)
+        _runtime["operator"] = Operator(
+            kube=KubeApi.from_connection(connection),
+            helm=HelmCli(os.environ.get("WACODER_CHART") or str(DEFAULT_CHART)),
+            checker=HttpChecker(os.environ.get("WACODER_PREVIEW_URL") or DEFAULT_PREVIEW_URL),
+            image_repository=os.environ.get("WACODER_IMAGE_REPOSITORY") or None,
+        )
+    operator_: Operator = _runtime["operator"]
+    return operator_
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    _runtime.clear()
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's only failures
+    # A deleted bot waits for a timer run in flight: let it finish, and look again soon after.
+    settings.background.instant_exit_timeout = 1.0
+    settings.background.cancellation_polling = 1.0
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    if "operator" in _runtime and isinstance(_runtime["operator"].kube, KubeApi):
+        await _runtime["operator"].kube.close()
+    _runtime.clear()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    _runtime["connection"] = info
+    return info
+
+
+def _ref(body: Mapping[str, Any]) -> BotRef:
+    meta = body["metadata"]
+    return BotRef(namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""))
+
+
+async def _reconcile(body: Mapping[str, Any]) -> None:
+    ref = _ref(body)
+    try:
+        await operator().reconcile(ref)
+    except (HelmError, KubeError, aiohttp.ClientError) as error:
+        try:
+            await operator().kube.event(ref, "Warning", "ReconcileFailed", str(error))
+        except (KubeError, aiohttp.ClientError):
+            pass
+        raise kopf.TemporaryError(str(error), delay=10) from error
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def changed(body: kopf.Body, **_: Any) -> None:
+    await _reconcile(body)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=INTERVAL_S)
+async def tick(body: kopf.Body, **_: Any) -> None:
+    """Time passes without events: deadlines, the scale-down delay, Deployments becoming available."""
+    await _reconcile(body)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def deleted(body: kopf.Body, **_: Any) -> None:
+    try:
+        await operator().uninstall(_ref(body))
+    except (HelmError, KubeError) as error:
+        raise kopf.TemporaryError(str(error), delay=10) from error

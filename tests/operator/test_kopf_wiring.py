@@ -1,0 +1,340 @@
+"""The operator end to end: `kopf run --standalone -A -m wacoder_operator.handlers` (KopfRunner)
+against kmock's Kubernetes emulation, reached through a kubeconfig as a cluster would be.
+
+`helm` is a stand-in executable first on PATH that records its arguments and the values file
+it was given (the operator cannot tell). The test plays the cluster's controllers: when a colour
+is installed it creates that release's Deployments, available at the installed version. The
+preview's checks are served by a local HTTP server (WACODER_PREVIEW_URL) that verifies the
+operator's Twilio signature with twilio's own RequestValidator, as the webhook does."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import stat
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from kopf.testing import KopfRunner
+from twilio.request_validator import RequestValidator
+
+os.environ.setdefault("WACODER_OPERATOR_INTERVAL", "0.3")  # read when kopf imports the handlers
+
+NS = "bots"
+BOTS = "whatsappcoder.dev/v1alpha1/whatsappbots"
+TOKEN = "test-auth-token"
+PUBLIC = "https://wa.acme.example.org"
+COMPONENTS = ("webhook", "agent", "mcp-bridge", "notifier")
+
+HELM_STAND_IN = """#!{python}
+import json, os, pathlib, sys
+args = sys.argv[1:]
+values = pathlib.Path(args[args.index("-f") + 1]).read_text() if "-f" in args else None
+with open(os.environ["HELM_RECORD"], "a") as record:
+    record.write(json.dumps({{"args": args, "values": values}}) + "\\n")
+"""
+
+
+def bot(version: str = "1.0", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "whatsappcoder.dev/v1alpha1",
+        "kind": "WhatsAppBot",
+        "metadata": {
+            "name": "acme",
+            "namespace": NS,
+            "generation": 1,
+            "uid": "uid-acme",
+            "resourceVersion": "1",
+        },
+        "spec": {
+            "version": version,
+            "whitelist": ["+15551234567"],
+            "twilio": {
+                "secretRef": {"name": "acme-twilio"},
+                "whatsappNumber": "whatsapp:+14155238886",
+                "publicBaseUrl": PUBLIC,
+            },
+            "redis": {"urlSecretRef": {"name": "acme-redis"}},
+            "rollout": {"scaleDownDelaySeconds": 2, "progressDeadlineSeconds": 60},
+            **spec,
+        },
+    }
+
+
+class Preview:
+    """The preview colour's webhook, as far as the promotion checks see it."""
+
+    def __init__(self) -> None:
+        self.token = TOKEN
+        self.messages: list[dict[str, str]] = []
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not RequestValidator(self.token).validate(f"{PUBLIC}/webhook/whatsapp", form, signature):
+            return web.Response(status=403, text="forbidden")
+        self.messages.append(form)
+        return web.Response(
+            text='<?xml version="1.0" encoding="UTF-8"?><Response/>', content_type="application/xml"
+        )
+
+
+class Cluster:
+    """kmock's emulated API, the recorded helm calls, and the controllers the test plays."""
+
+    def __init__(self, api: kmock.KubernetesEmulator, record: Path) -> None:
+        self.api, self.record = api, record
+        self.seen_calls = 0
+
+    def helm_calls(self) -> list[dict[str, Any]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines()]
+
+    def get(self, resource: str, name: str) -> dict[str, Any] | None:
+        key = (kmock.resource(resource), NS, name)
+        if key not in self.api.objects or self.api.objects[key].deleted:
+            return None
+        raw: dict[str, Any] = self.api.objects[key].raw
+        return raw
+
+    def status(self) -> dict[str, Any]:
+        return (self.get(BOTS, "acme") or {}).get("status") or {}
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next(c for c in self.status().get("conditions", []) if c["type"] == type_)
+
+    def selector(self, service: str) -> str | None:
+        found = self.get("v1/services", service)
+        return None if found is None else found["spec"]["selector"]["colour"]
+
+    def events(self) -> list[tuple[str, str, str]]:
+        return [
+            (o.raw["type"], o.raw["reason"], o.raw["message"])
+            for key, o in self.api.objects.items()
+            if key[0].plural == "events" and not o.deleted
+        ]
+
+    async def call(self, method: str, path: str, body: Any, merge: bool = False) -> int:
+        headers = {"Content-Type": "application/merge-patch+json" if merge else "application/json"}
+        async with self.api.request(method, path, data=json.dumps(body), headers=headers) as response:
+            return response.status
+
+    async def apply_bot(self, body: dict[str, Any]) -> None:
+        await self.call("POST", f"/apis/whatsappcoder.dev/v1alpha1/namespaces/{NS}/whatsappbots", body)
+
+    async def patch_bot(self, patch: dict[str, Any]) -> None:
+        path = f"/apis/whatsappcoder.dev/v1alpha1/namespaces/{NS}/whatsappbots/acme"
+        generation = (self.get(BOTS, "acme") or {})["metadata"]["generation"]
+        if "spec" in patch:  # the API server's part: a spec change is a new generation
+            patch = {**patch, "metadata": {**patch.get("metadata", {}), "generation": generation + 1}}
+        await self.call("PATCH", path, patch, merge=True)
+
+    async def play_controllers(self) -> None:
+        """Each new `helm upgrade --install`: its Deployments, available at the values' image tag."""
+        calls = self.helm_calls()
+        for call in calls[self.seen_calls :]:
+            args = call["args"]
+            if args[0] == "upgrade":
+                release, tag = args[2], yaml.safe_load(call["values"])["image"]["tag"]
+                for component in COMPONENTS:
+                    await self.deployment(release, component, tag)
+        self.seen_calls = len(calls)
+
+    async def deployment(self, release: str, component: str, tag: str) -> None:
+        name = f"{release}-{component}"
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "generation": 1,
+                "labels": {"app.kubernetes.io/instance": release, "app.kubernetes.io/component": component},
+            },
+            "spec": {
+                "replicas": 2,
+                "template": {
+                    "spec": {"containers": [{"name": component, "image": f"ghcr.io/x/{component}:{tag}"}]}
+                },
+            },
+            "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
+        }
+        collection = f"/apis/apps/v1/namespaces/{NS}/deployments"
+        if await self.call("POST", collection, body) == 409:
+            await self.call("PATCH", f"{collection}/{name}", body, merge=True)
+
+    async def until(self, what: str, check: Callable[[], bool], within_s: float = 20) -> None:
+        deadline = asyncio.get_running_loop().time() + within_s
+        while not check():
+            if asyncio.get_running_loop().time() > deadline:
+                bot = self.get(BOTS, "acme") or {}
+                raise AssertionError(f"timed out waiting for: {what}; {json.dumps(bot)[:3000]}")
+            await self.play_controllers()
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def cluster(
+    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Cluster, Preview]]:
+    kmock.resources.load_bundled()
+    kmock.resources[BOTS] = kmock.ResourceInfo(
+        namespaced=True,
+        kind="WhatsAppBot",
+        singular="whatsappbot",
+        shortnames={"wab"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helm = bin_dir / "helm"
+    helm.write_text(HELM_STAND_IN.format(python=sys.executable))
+    helm.chmod(helm.stat().st_mode | stat.S_IEXEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+                "users": [{"name": "test", "user": {"token": "test"}}],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+                "current-context": "kmock",
+            }
+        )
+    )
+    preview = Preview()
+    app = web.Application()
+    app.router.add_get("/readyz", preview.readyz)
+    app.router.add_post("/webhook/whatsapp", preview.webhook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("HELM_BIN", raising=False)
+    monkeypatch.setenv("HELM_RECORD", str(tmp_path / "helm.jsonl"))
+    monkeypatch.setenv("WACODER_CHART", "/charts/whatsapp-coder")
+    monkeypatch.setenv("WACODER_PREVIEW_URL", f"http://127.0.0.1:{server.port}")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    world = Cluster(kmock, tmp_path / "helm.jsonl")
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "acme-twilio", "namespace": NS},
+        "data": {"twilio-auth-token": base64.b64encode(TOKEN.encode()).decode()},
+    }
+    await world.call("POST", f"/api/v1/namespaces/{NS}/secrets", secret)
+    runner = KopfRunner(["run", "--standalone", "-A", "-m", "wacoder_operator.handlers"], timeout=30)
+    runner.__enter__()
+    try:
+        yield world, preview
+    finally:
+        await asyncio.to_thread(runner.__exit__, None, None, None)
+        await server.close()
+    assert runner.exception is None, runner.output
+
+
+async def healthy_on_blue(world: Cluster, preview: Preview) -> None:
+    await world.apply_bot(bot())
+    await world.until("blue installed and promoted", lambda: world.status().get("phase") == "Healthy")
+    assert world.status()["activeColour"] == "blue" and world.status()["activeVersion"] == "1.0"
+    assert world.condition("Ready")["status"] == "True"
+
+
+async def test_create_update_rollout_and_delete(cluster: tuple[Cluster, Preview]) -> None:
+    world, preview = cluster
+    await healthy_on_blue(world, preview)
+    [install] = world.helm_calls()
+    assert install["args"][:-1] == [
+        "upgrade",
+        "--install",
+        "acme-blue",
+        "/charts/whatsapp-coder",
+        "-n",
+        NS,
+        "-f",
+    ]
+    values = yaml.safe_load(install["values"])
+    assert (
+        values["colour"] == "blue"
+        and values["image"]["tag"] == "1.0"
+        and values["routing"]["enabled"] is False
+    )
+    assert values["botConfig"]["existingConfigMap"] == "acme-bot"
+    assert world.selector("acme-active") == world.selector("acme-preview") == "blue"
+    config = world.get("v1/configmaps", "acme-bot")
+    assert config is not None and yaml.safe_load(config["data"]["bot.yaml"])["allowedPhoneNumbers"] == [
+        "+15551234567"
+    ]
+    assert preview.messages and preview.messages[0]["From"] not in (
+        "whatsapp:+15551234567",
+    )  # not whitelisted
+
+    # The whitelist: the ConfigMap changes in place, helm is not called.
+    await world.patch_bot({"spec": {"whitelist": ["+15551234567", "+15557654321"]}})
+    await world.until(
+        "the ConfigMap has the new whitelist",
+        lambda: (
+            "+15557654321"
+            in (world.get("v1/configmaps", "acme-bot") or {"data": {"bot.yaml": ""}})["data"]["bot.yaml"]
+        ),
+    )
+    await asyncio.sleep(1)
+    assert len(world.helm_calls()) == 1 and world.status()["phase"] == "Healthy"
+
+    # The version: blue/green onto green, the active Service switches, blue scales down after the delay.
+    await world.patch_bot({"spec": {"version": "2.0"}})
+    await world.until("green promoted", lambda: world.status().get("activeColour") == "green")
+    assert world.selector("acme-active") == "green"
+    upgrade = world.helm_calls()[1]
+    assert upgrade["args"][:3] == ["upgrade", "--install", "acme-green"]
+    assert yaml.safe_load(upgrade["values"])["image"]["tag"] == "2.0"
+    last = world.status()["lastRollout"]
+    assert (last["fromVersion"], last["toVersion"], last["result"]) == ("1.0", "2.0", "Promoted")
+    assert ("Normal", "Promoted") in [(t, r) for t, r, _ in world.events()]
+    await world.until("blue scaled down", lambda: world.status().get("phase") == "Healthy", within_s=10)
+    assert all(
+        (world.get("apps/v1/deployments", f"acme-blue-{c}") or {})["spec"]["replicas"] == 0
+        for c in COMPONENTS
+    )
+    assert world.condition("Degraded")["status"] == "False"
+    assert world.condition("Ready")["observedGeneration"] == 3
+
+    # Deleting: both releases uninstalled, the finalizer released.
+    await world.call("DELETE", f"/apis/whatsappcoder.dev/v1alpha1/namespaces/{NS}/whatsappbots/acme", {})
+    await world.until("the bot is gone", lambda: world.get(BOTS, "acme") is None)
+    uninstalls = [c["args"][:2] for c in world.helm_calls() if c["args"][0] == "uninstall"]
+    assert sorted(uninstalls) == [["uninstall", "acme-blue"], ["uninstall", "acme-green"]]
+
+
+async def test_a_failing_check_rolls_back_and_reports_degraded(cluster: tuple[Cluster, Preview]) -> None:
+    world, preview = cluster
+    await healthy_on_blue(world, preview)
+    preview.token = "another-token"  # the preview refuses the operator's signature
+    await world.patch_bot({"spec": {"version": "2.0"}})
+    await world.until("the rollout aborted", lambda: world.status().get("phase") == "Aborted")
+    assert world.status()["activeColour"] == "blue" and world.selector("acme-active") == "blue"
+    assert world.selector("acme-preview") == "blue"
+    degraded = world.condition("Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "PromotionCheckFailed"
+    assert "403" in degraded["message"] and degraded["observedGeneration"] == 2
+    assert any(t == "Warning" and r == "PromotionCheckFailed" for t, r, _ in world.events())
+    assert all(
+        (world.get("apps/v1/deployments", f"acme-green-{c}") or {})["spec"]["replicas"] == 0
+        for c in COMPONENTS
+    )
+    assert world.status()["lastRollout"]["result"] == "Aborted"
