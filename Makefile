@@ -56,6 +56,13 @@ protos: install
 bench: install
 	$(PY) -m bench
 
+# The WhatsAppBot operator (operator/) against the current kubeconfig: every namespace, or only
+# WATCH_NAMESPACE (comma-separated). helm from PATH or HELM_BIN; the chart from WACODER_CHART
+# (default charts/whatsapp-coder).
+.PHONY: operator-run
+operator-run: install
+	$(PY) -m wacoder_operator
+
 # Container images, one per service: services/<name>/Dockerfile, built from the repository root
 # (.dockerignore keeps the context to the workspace's sources and lock). Needs a Docker engine;
 # none runs on the development machine, so without one this says so and fails.
