@@ -97,6 +97,18 @@ class Cluster:
     def __init__(self, api: kmock.KubernetesEmulator, record: Path) -> None:
         self.api, self.record = api, record
         self.seen_calls = 0
+        self.runner: KopfRunner | None = None
+
+    def start_operator(self) -> None:
+        self.runner = KopfRunner(["run", "--standalone", "-A", "-m", "wacoder_operator.handlers"], timeout=30)
+        self.runner.__enter__()
+
+    async def stop_operator(self) -> None:
+        """Stops it (its thread joined off the loop kmock serves on); it must have exited cleanly."""
+        assert self.runner is not None
+        runner, self.runner = self.runner, None
+        await asyncio.to_thread(runner.__exit__, None, None, None)
+        assert runner.exception is None, runner.output
 
     def helm_calls(self) -> list[dict[str, Any]]:
         if not self.record.exists():
@@ -238,14 +250,12 @@ async def cluster(
         "data": {"twilio-auth-token": base64.b64encode(TOKEN.encode()).decode()},
     }
     await world.call("POST", f"/api/v1/namespaces/{NS}/secrets", secret)
-    runner = KopfRunner(["run", "--standalone", "-A", "-m", "wacoder_operator.handlers"], timeout=30)
-    runner.__enter__()
+    world.start_operator()
     try:
         yield world, preview
     finally:
-        await asyncio.to_thread(runner.__exit__, None, None, None)
+        await world.stop_operator()
         await server.close()
-    assert runner.exception is None, runner.output
 
 
 async def healthy_on_blue(world: Cluster, preview: Preview) -> None:
@@ -338,3 +348,33 @@ async def test_a_failing_check_rolls_back_and_reports_degraded(cluster: tuple[Cl
         for c in COMPONENTS
     )
     assert world.status()["lastRollout"]["result"] == "Aborted"
+
+
+async def test_a_restarted_operator_resumes_a_paused_rollout_and_promotes_on_annotation(
+    cluster: tuple[Cluster, Preview],
+) -> None:
+    world, preview = cluster
+    await healthy_on_blue(world, preview)
+    await world.patch_bot(
+        {"spec": {"version": "2.0", "rollout": {"autoPromote": False, "scaleDownDelaySeconds": 2}}}
+    )
+    await world.until("checks passed, awaiting promotion", lambda: world.status().get("phase") == "Paused")
+    assert world.condition("Progressing")["reason"] == "AwaitingPromotion"
+    calls = len(world.helm_calls())
+
+    await world.stop_operator()  # all the rollout's state is in the status: nothing to lose
+    world.start_operator()
+    await asyncio.sleep(1.5)
+    assert world.status()["phase"] == "Paused" and world.status()["activeColour"] == "blue"
+    assert len(world.helm_calls()) == calls  # resumed without installing anything again
+
+    await world.patch_bot({"metadata": {"annotations": {"whatsappcoder.dev/promote": "true"}}})
+    await world.until("promoted by annotation", lambda: world.status().get("activeColour") == "green")
+    assert world.selector("acme-active") == "green"
+    await world.until(
+        "the annotation consumed",
+        lambda: (
+            "whatsappcoder.dev/promote"
+            not in ((world.get(BOTS, "acme") or {})["metadata"].get("annotations") or {})
+        ),
+    )
