@@ -84,8 +84,6 @@ IN_PROCESS = {
     "tests/autocoder/test_bounded.py",
     "tests/lib/test_grpc_targets.py",
     "tests/operator/test_rollout.py",
-    "tests/operator/test_values_render.py",
-    "tests/operator/test_kopf_wiring.py",
     "tests/test_protos.py",
     "tests/test_twiml.py",
     "tests/test_whatsapp_text.py",

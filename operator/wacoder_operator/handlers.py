@@ -89,6 +89,7 @@ class Operator:
                 if decision.status.to_dict() != {key: stored.get(key) for key in decision.status.to_dict()}:
                     await self.kube.patch_status(ref, decision.status.to_dict())
                     stored = {**stored, **decision.status.to_dict()}
+                # Chained steps: promote/abort were acted on (and cleared) by the first.
                 annotations = {k: v for k, v in annotations.items() if not k.startswith(GROUP)}
                 if decision.status.phase == status.phase:
                     break
@@ -194,6 +195,8 @@ async def close(**_: Any) -> None:
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
     _runtime["connection"] = info
+    if info is not None and "operator" in _runtime:  # a re-login (a rotated token): ours follows
+        _runtime["operator"].kube.headers = info.as_http_headers()
     return info
 
 
