@@ -40,7 +40,10 @@ class HelmCli:
     async def upgrade_install(self, release: str, namespace: str, values: Mapping[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="wacoder-operator-") as tmp:
             path = write_values(values, Path(tmp) / f"{release}.yaml")
-            await self._run("upgrade", "--install", release, self.chart, "-n", namespace, "-f", str(path))
+            # The CRD is the operator chart's to install; this service account may not create it.
+            await self._run(
+                "upgrade", "--install", release, self.chart, "-n", namespace, "-f", str(path), "--skip-crds"
+            )
 
     async def uninstall(self, release: str, namespace: str) -> None:
         try:

@@ -341,8 +341,8 @@ def test_every_cel_rule_has_a_python_equivalent() -> None:
         ({"rateLimits": {"globalPerMinute": 1.5}}, "spec.rateLimits.globalPerMinute"),
         ({"model": {"temperature": -0.1}}, "spec.model.temperature"),
         ({"model": {"temperature": 2}}, None),
-        ({"replicas": {"agent": 0}}, None),
-        ({"replicas": {"agent": -1}}, "spec.replicas.agent"),
+        ({"replicas": {"agent": 1}}, None),
+        ({"replicas": {"agent": 0}}, "spec.replicas.agent"),  # the chart runs every service
         ({"rollout": {"promotionChecks": []}}, None),  # promote on availability alone
         ({"rollout": {"promotionChecks": ["readyz", "readyz"]}}, "spec.rollout.promotionChecks"),
         ({"rollout": {"scaleDownDelaySeconds": -1}}, "spec.rollout.scaleDownDelaySeconds"),
