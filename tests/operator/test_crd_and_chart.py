@@ -8,9 +8,9 @@
   structural schema prunes unknown fields, and `kubectl apply`'s strict field validation refuses
   them), then the CEL rules (x-kubernetes-validations). Each example under invalid/ is refused,
   at the path its `# rejected:` line names.
-- CEL: evaluated with cel-python (`celpy`) when it is installed; the project does not depend on
-  it, so otherwise each rule is checked through its Python equivalent below, and a test keeps
-  that table complete (a new rule without an equivalent fails).
+- CEL: evaluated with cel-python (`celpy`, a dev dependency), and checked against each rule's
+  Python equivalent below (the fallback where cel-python is missing); a test keeps that table
+  complete (a new rule without an equivalent fails).
 - The operator's chart passes `helm lint --strict`, renders objects that kubernetes-validate
   accepts (strict, 1.29 and 1.31), runs kopf locked down with probes on its liveness endpoint,
   and its RBAC grants exactly what the operator calls: kopf's needs, the operator's own objects,
@@ -140,7 +140,7 @@ PYTHON_EQUIVALENTS: dict[str, Callable[[Any], bool]] = {
     ),
 }
 
-try:  # cel-python: not a project dependency; used when present
+try:  # cel-python: a dev dependency; the Python equivalents stand in without it
     import celpy  # type: ignore[import-not-found, unused-ignore]
 except ImportError:
     celpy = None
