@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from wacoder.metrics import ClientMetricsUnaryStream, ClientMetricsUnaryUnary, ServerMetrics
 from wacoder.settings import Settings
 
 log = logging.getLogger("wacoder.grpc")
@@ -186,7 +187,12 @@ def channel(target: str, settings: Settings) -> grpc.aio.Channel:
     target, options = channel_target(target)
     options = _CHANNEL_OPTIONS + options
     token = settings.secret("service_token")
-    interceptors: list[grpc.aio.ClientInterceptor] = [_TokenUnaryUnary(token), _TokenUnaryStream(token)]
+    interceptors: list[grpc.aio.ClientInterceptor] = [
+        ClientMetricsUnaryUnary(),
+        ClientMetricsUnaryStream(),
+        _TokenUnaryUnary(token),
+        _TokenUnaryStream(token),
+    ]
     tls = _tls_files(settings)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
@@ -212,7 +218,9 @@ async def serve(
     grace_s: float = 5.0,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls for `grace_s` seconds."""
-    server = grpc.aio.server(interceptors=[_TokenServerInterceptor(settings.secret("service_token"))])
+    # Metrics outermost: a call the token check refuses is counted as UNAUTHENTICATED.
+    token_check = _TokenServerInterceptor(settings.secret("service_token"))
+    server = grpc.aio.server(interceptors=[ServerMetrics(), token_check])
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -1,9 +1,9 @@
 """The operations HTTP port a service serves beside its real work: `/livez` (the process is
-alive), `/readyz` (it can do its job now) and, later, `/metrics` (docs/architecture.md: agent 9101,
+alive), `/readyz` (it can do its job now) and `/metrics` (wacoder.metrics) (docs/architecture.md: agent 9101,
 mcp-bridge 9102, notifier 9103, AutoCoder 9104).
 
 Plain asyncio streams, no framework: GET or HEAD, one request per connection, a table of
-routes (adding `/metrics` is one entry in `routes`). It runs on the service's own event loop
+routes. It runs on the service's own event loop
 and installs no signal handlers: SIGTERM stays with `wacoder.grpc.serve` (or uvicorn), and
 the service stops this server once that returns.
 """
@@ -44,7 +44,13 @@ class OpsServer:
         self.port = port
         self.ready = ready
         self.check_timeout_s = check_timeout_s
-        self.routes: dict[str, Route] = {"/livez": self.livez, "/readyz": self.readyz}
+        from wacoder.metrics import metrics_route  # wacoder.metrics builds on this module's Reply
+
+        self.routes: dict[str, Route] = {
+            "/livez": self.livez,
+            "/readyz": self.readyz,
+            "/metrics": metrics_route,
+        }
         self._server: asyncio.Server | None = None
         self._was_ready: bool | None = None
 
@@ -138,5 +144,5 @@ def _encode(reply: Reply, *, with_body: bool) -> bytes:
 
 
 async def start_ops_server(host: str, port: int, ready: Check) -> OpsServer:
-    """Serves /livez and /readyz on host:port until `stop()`; `ready` decides /readyz."""
+    """Serves /livez, /readyz and /metrics on host:port until `stop()`; `ready` decides /readyz."""
     return await OpsServer(host, port, ready).start()

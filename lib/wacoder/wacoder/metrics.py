@@ -1,0 +1,174 @@
+"""Prometheus metrics every service shares: the `/metrics` route of the ops port
+(wacoder.ops_http) and gRPC RED metrics (rate, errors, duration) per method, for servers and
+clients, as interceptors that wacoder.grpc installs on every server and channel.
+
+Labels are bounded by construction: a gRPC method is one the server has a handler for (or one
+of our own clients calls), a code is one of gRPC's status codes. Never a phone number, a hash, a
+session id or any other value a request brings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+
+from wacoder.ops_http import Reply
+
+# gRPC calls between our services take milliseconds (a free-text turn through the LLM, seconds).
+_GRPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+GRPC_SERVER_HANDLED = Counter(
+    "wacoder_grpc_server_handled_total",
+    "gRPC calls this server completed, by method and status code",
+    ["method", "code"],
+)
+GRPC_SERVER_SECONDS = Histogram(
+    "wacoder_grpc_server_handling_seconds",
+    "Time this server took per gRPC call",
+    ["method"],
+    buckets=_GRPC_BUCKETS,
+)
+GRPC_CLIENT_HANDLED = Counter(
+    "wacoder_grpc_client_handled_total",
+    "gRPC calls this client completed, by method and status code",
+    ["method", "code"],
+)
+GRPC_CLIENT_SECONDS = Histogram(
+    "wacoder_grpc_client_handling_seconds",
+    "Time a gRPC call of this client took",
+    ["method"],
+    buckets=_GRPC_BUCKETS,
+)
+
+
+async def metrics_route() -> Reply:
+    """GET /metrics of the ops port: the default registry in Prometheus' text format."""
+    return Reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+
+
+def _code_name(code: Any) -> str:
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.name
+    return "UNKNOWN"
+
+
+def _server_code(context: grpc.aio.ServicerContext, outcome: str) -> str:
+    """The status the call ended with: the one the handler set (or aborted with), else the
+    outcome seen here (OK, CANCELLED when the caller went away, UNKNOWN on an exception)."""
+    code = context.code()
+    if code is None or outcome == "CANCELLED":
+        return outcome
+    return _code_name(code)
+
+
+def _observe_server(method: str, started: float, context: Any, outcome: str) -> None:
+    GRPC_SERVER_HANDLED.labels(method, _server_code(context, outcome)).inc()
+    GRPC_SERVER_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+
+def _measured(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """`behavior` (a handler's function: a coroutine, or an async generator for a streaming
+    reply) with its calls counted and timed."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            started, outcome = time.perf_counter(), "UNKNOWN"
+            try:
+                async for reply in behavior(request, context):
+                    yield reply
+                outcome = "OK"
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = "CANCELLED"
+                raise
+            finally:
+                _observe_server(method, started, context, outcome)
+
+        return streaming
+
+    async def unary(request: Any, context: Any) -> Any:
+        started, outcome = time.perf_counter(), "UNKNOWN"
+        try:
+            result = behavior(request, context)
+            if inspect.isawaitable(result):
+                result = await result
+            outcome = "OK"
+            return result
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            raise
+        finally:
+            _observe_server(method, started, context, outcome)
+
+    return unary
+
+
+class ServerMetrics(grpc.aio.ServerInterceptor):
+    """Counts and times every call a server handles (the outermost interceptor: a call another
+    interceptor refuses is counted with the code it got)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler  # an unknown method: its name is whatever the caller sent
+        method = details.method
+        if handler.unary_unary is not None:
+            wrap, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        elif handler.unary_stream is not None:
+            wrap, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+        else:
+            return handler  # client streaming: none of our services has one
+        return wrap(
+            _measured(method, behavior),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+# Tasks that record a finished client call; kept here so that they are not collected early.
+_recording: set[asyncio.Task[None]] = set()
+
+
+class _ClientMetrics:
+    def _watch(self, details: grpc.aio.ClientCallDetails, call: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+        started = time.perf_counter()
+
+        async def record() -> None:
+            try:
+                code = _code_name(await call.code())
+            except Exception:
+                code = "UNKNOWN"
+            GRPC_CLIENT_HANDLED.labels(method, code).inc()
+            GRPC_CLIENT_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+        def done(_: Any) -> None:
+            task = asyncio.get_running_loop().create_task(record())
+            _recording.add(task)
+            task.add_done_callback(_recording.discard)
+
+        call.add_done_callback(done)
+        return call
+
+
+# One class per call shape, as a channel files each interceptor under the first shape it matches.
+class ClientMetricsUnaryUnary(_ClientMetrics, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._watch(details, await continuation(details, request))
+
+
+class ClientMetricsUnaryStream(_ClientMetrics, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._watch(details, await continuation(details, request))
