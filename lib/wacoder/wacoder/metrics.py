@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +20,8 @@ import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
 from wacoder.ops_http import Reply
+
+log = logging.getLogger("wacoder.metrics")
 
 # gRPC calls between our services take milliseconds (a free-text turn through the LLM, seconds).
 _GRPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -47,8 +50,25 @@ GRPC_CLIENT_SECONDS = Histogram(
 )
 
 
+# Async updates run before each scrape: gauges read from Redis (queue depths) are read when
+# Prometheus asks, not on a timer. Each gets a short deadline; a failing one keeps its last values.
+Refresh = Callable[[], Awaitable[None]]
+_refreshers: list[Refresh] = []
+REFRESH_TIMEOUT_S = 2.0
+
+
+def on_scrape(refresh: Refresh) -> None:
+    """Runs `refresh` before every scrape of /metrics on this process's ops port."""
+    _refreshers.append(refresh)
+
+
 async def metrics_route() -> Reply:
     """GET /metrics of the ops port: the default registry in Prometheus' text format."""
+    for refresh in list(_refreshers):
+        try:
+            await asyncio.wait_for(refresh(), REFRESH_TIMEOUT_S)
+        except Exception as error:
+            log.warning("metrics refresh failed", extra={"error": repr(error)})
     return Reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
 
 

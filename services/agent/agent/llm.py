@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from wacoder.botconfig import BotConfig, BotConfigSource
 from wacoder.settings import Settings
 from wacoder.whatsapp_text import markdown_to_whatsapp
 
+from agent import metrics
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError, ToolSpec
 from agent.prompts import system_prompt
 from agent.state import Project
@@ -67,11 +69,15 @@ class LlmResponder:
         tools = [self._tool(turn, spec, unavailable) for spec in self._specs]
         agent = create_agent(model=self.model, tools=tools, system_prompt=system_prompt(turn.state))
         messages = [*memory(turn.state.history), HumanMessage(text)]
+        started = time.perf_counter()
         try:
             result = await asyncio.wait_for(agent.ainvoke({"messages": messages}), self.timeout_s)
         except _LLM_ERRORS as error:
+            metrics.LLM_SECONDS.labels("error").observe(time.perf_counter() - started)
             log.warning("llm call failed", extra={"error": type(error).__name__})
             return templates.CONNECTION
+        metrics.LLM_SECONDS.labels("ok").observe(time.perf_counter() - started)
+        count_tokens(result["messages"][len(messages) :])
         if unavailable:
             raise unavailable[0]
         answer = result["messages"][-1]
@@ -109,6 +115,16 @@ class LlmResponder:
             )
             return await turn.start_session(project, arguments["task"], arguments.get("agents"))
         return await turn.autocoder.call(turn.caller, name, **arguments)
+
+
+def count_tokens(produced: list[Any]) -> None:
+    """The tokens the model reported for the messages it produced in one run."""
+    for message in produced:
+        usage = getattr(message, "usage_metadata", None) or {}
+        for kind in ("input", "output"):
+            tokens = usage.get(f"{kind}_tokens")
+            if isinstance(tokens, int) and tokens > 0:
+                metrics.LLM_TOKENS.labels(kind).inc(tokens)
 
 
 def without_idempotency_key(schema: dict[str, Any]) -> dict[str, Any]:

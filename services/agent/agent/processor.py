@@ -19,7 +19,9 @@ from wacoder.phones import phone_hash, to_e164
 from wacoder.redis import Store
 from wacoder.v1 import agent_pb2
 
+from agent import metrics
 from agent.autocoder import AutoCoder
+from agent.commands import is_command
 from agent.dialogue import FreeTextResponder, reply_to
 from agent.outbound import Outbound
 from agent.progress import ProgressRelay
@@ -68,6 +70,8 @@ class Processor:
         # a redo too (starting a relay that already runs is a no-op).
         for session_id in answer.sessions:
             self.progress.start(keys.shard_of(user), session_id)
+        metrics.MESSAGES_PROCESSED.inc()
+        metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
         log.info(
             "message processed",
             extra={
@@ -87,6 +91,8 @@ class Processor:
             cause=message.message_sid,
         )
         text = await reply_to(turn, message.body, self.free_text)
+        kind = "empty" if not message.body.strip() else "command" if is_command(message.body) else "free_text"
+        metrics.REPLIES.labels(kind).inc()
         if not turn.cleared:
             state.remember(message.body, text)
         answer = Answer(text, [session_id for session_id, _ in turn.started_sessions])

@@ -24,6 +24,7 @@ from wacoder.crypto import InvalidToken, StateCipher
 from wacoder.redis import Pipe, Store
 from wacoder.v1 import bridge_pb2
 
+from agent import metrics
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError
 from agent.outbound import Outbound
 from agent.state import Project
@@ -229,6 +230,7 @@ class ProgressRelay:
         key = keys.session_watch(int(watch["shard"]), session_id)
         await self.redis.hset(key, "sending", last)
         await self.outbound.send(watch["to"], text, key=f"progress:{session_id}:{last}")
+        metrics.PROGRESS_MESSAGES.labels("update").inc()
         await self.redis.hset(key, "after", last)
         watch["after"] = str(last)
 
@@ -241,9 +243,14 @@ class ProgressRelay:
 
     async def _record_end(self, session_id: str, final: bridge_pb2.SessionEvent) -> None:
         raw = await self.redis.get(keys.session(session_id))
+        details: dict[str, Any] = json.loads(final.detail_json or "{}")
+        outcome = metrics.outcome_label(str(details.get("status", final.status)))
+        metrics.SESSIONS_COMPLETED.labels(outcome).inc()
         if raw is None:
             return
-        details: dict[str, Any] = json.loads(final.detail_json or "{}")
+        created = json.loads(raw).get("created_at")
+        if isinstance(created, int | float):
+            metrics.SESSION_SECONDS.labels(outcome).observe(max(0.0, time.time() - created))
         record = json.loads(raw) | {
             "status": details.get("status", final.status),
             "updated_at": time.time(),
@@ -262,6 +269,7 @@ class ProgressRelay:
             texts = [texts[0] + "\n\n" + files_text(files)]
         for text in texts:
             await self.outbound.send(watch["to"], text, key=f"progress:{session_id}:final")
+            metrics.PROGRESS_MESSAGES.labels("final").inc()
         await self._forget(int(watch["shard"]), session_id)
 
     async def _forget(self, shard: int, session_id: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from wacoder import templates
 
+from agent import metrics
 from agent.autocoder import AutoCoder, ToolError
 from agent.router import project_name_for
 from agent.state import ConversationState, Project
@@ -92,6 +93,7 @@ class Turn:
         result = await self.autocoder.call(self.caller, "execute_coding_task", **arguments)
         self.state.last_session = result["session_id"]
         self.started_sessions.append((result["session_id"], project))
+        metrics.SESSIONS_STARTED.inc()
         return dict(result)
 
     def _session_ref(self, ref: str | None) -> str | None:

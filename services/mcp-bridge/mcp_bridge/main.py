@@ -18,6 +18,7 @@ from wacoder.redis import open_redis
 from wacoder.settings import require_secrets
 from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
+from mcp_bridge import metrics
 from mcp_bridge.breaker import CircuitBreaker
 from mcp_bridge.cache import ResultCache
 from mcp_bridge.mcp_session import McpSession, TransportFailure
@@ -40,6 +41,7 @@ async def run(settings: BridgeSettings) -> None:
         call_timeout_s=settings.mcp_call_timeout_s,
     )
     breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_timeout_s)
+    metrics.BREAKER_STATE.set_function(lambda: metrics.BREAKER_VALUES[breaker.state.value])
     tools = ToolCaller(
         session,
         breaker,

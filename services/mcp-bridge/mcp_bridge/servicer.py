@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
+from mcp_bridge import metrics
 from mcp_bridge.breaker import BreakerOpen, CircuitBreaker
 from mcp_bridge.cache import ResultCache
 from mcp_bridge.mcp_session import McpSession, TransportFailure
@@ -90,9 +91,13 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
         arguments = await _arguments(request.arguments_json, context)
 
         slot = await self.cache.slot_for(name, arguments, caller)
-        if slot is not None and (hit := await self.cache.get(slot)) is not None:
-            log.info("tool call", extra={"tool": name, "caller": caller, "outcome": "cached"})
-            return bridge_pb2.CallToolResponse(result_json=hit, cached=True)
+        if slot is not None:
+            hit = await self.cache.get(slot)
+            tool = metrics.tool_label(name, self.session.tools)
+            metrics.CACHE.labels(tool, "miss" if hit is None else "hit").inc()
+            if hit is not None:
+                log.info("tool call", extra={"tool": name, "caller": caller, "outcome": "cached"})
+                return bridge_pb2.CallToolResponse(result_json=hit, cached=True)
 
         started = time.monotonic()
         result: Any = None
@@ -155,6 +160,9 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
         self.stopping.set()
 
     def _log_call(self, name: str, caller: str, started: float, outcome: str) -> None:
+        metrics.TOOL_SECONDS.labels(metrics.tool_label(name, self.session.tools), outcome).observe(
+            time.monotonic() - started
+        )
         log.info(
             "tool call",
             extra={

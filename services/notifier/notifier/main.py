@@ -11,11 +11,13 @@ from wacoder.crypto import StateCipher
 from wacoder.grpc import serve
 from wacoder.leases import ShardLeases, replica_name
 from wacoder.logs import setup_logging
+from wacoder.metrics import on_scrape
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import open_redis, ping
 from wacoder.settings import service_settings
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
+from notifier.metrics import refresh_outbox
 from notifier.outbox import Outbox
 from notifier.rate_limit import SendRateLimiter
 from notifier.service import NotifierService
@@ -63,7 +65,8 @@ async def run() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await leasing
 
-    # /livez, /readyz: ready while Redis (its outbox) answers.
+    # /livez, /readyz: ready while Redis (its outbox) answers; /metrics reads the outbox depth.
+    on_scrape(lambda: refresh_outbox(redis))
     ops = await start_ops_server(settings.metrics_host, settings.notifier_metrics_port, lambda: ping(redis))
     try:
         await serve(

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from wacoder.botconfig import BotConfigSource
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
+from notifier import metrics
 from notifier.outbox import Outbox
 
 log = logging.getLogger("notifier.service")
@@ -42,7 +43,9 @@ class NotifierService(notifier_pb2_grpc.NotifierServiceServicer):
                 "recipient is not whitelisted and has not written within 24 hours",
             )
         if result.duplicate:
+            metrics.DUPLICATES.inc()
             log.info("duplicate send ignored", extra={"phone": to})
         else:
+            metrics.QUEUED.inc()
             log.info("queued", extra={"phone": to, "parts": len(result.outbox_ids)})
         return notifier_pb2.SendResponse(duplicate=result.duplicate, outbox_ids=result.outbox_ids)

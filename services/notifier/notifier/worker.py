@@ -32,6 +32,7 @@ from wacoder.redis import Store
 from wacoder.settings import Settings
 from wacoder.streams import KeyedStreamConsumer, Outcome, ShardConsumers
 
+from notifier import metrics
 from notifier.backoff import backoff_delay
 from notifier.outbox import Message, Outbox, OutboxEntry, PriorState
 from notifier.rate_limit import SendRateLimiter
@@ -103,6 +104,7 @@ class OutboxWorker:
             message = self.outbox.decrypt(entry)
         except (InvalidToken, KeyError, ValueError) as exc:
             why = {"reason": "undecryptable", "error": type(exc).__name__, "attempts": "0"}
+            metrics.DEAD_LETTERS.labels("undecryptable").inc()
             return await self._finish(partial(self.outbox.dead_letter, entry, why))
         attempts = 0
         # An in-flight marker seen on the first look predates this process's hold on the entry
@@ -141,6 +143,9 @@ class OutboxWorker:
             attempts += 1
             if outcome is None:
                 outcome = await self.sender.send(message.to, message.body, message.media_urls)
+                metrics.TWILIO_SENDS.labels(
+                    *metrics.status_labels(outcome.status, outcome.error_code, outcome.accepted)
+                ).inc()
                 unanswered = outcome.may_have_reached_twilio
             else:
                 unanswered = True  # still unknown whether an earlier request got there
@@ -161,6 +166,7 @@ class OutboxWorker:
                     "recipient outside the 24h window; parked",
                     extra={"phone": message.to, "outbox_id": entry.id},
                 )
+                metrics.PARKED.inc()
                 return await self._finish(partial(self.outbox.park, entry))
             if not outcome.retryable or attempts >= self.settings.notifier_max_attempts:
                 return await self._dead_letter(entry, message, outcome, attempts)
@@ -221,6 +227,7 @@ class OutboxWorker:
         self, entry: OutboxEntry, message: Message, outcome: SendOutcome, attempts: int
     ) -> bool:
         reason = "permanent" if not outcome.retryable else "max_attempts"
+        metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning(
             "dead-lettered",
             extra={
