@@ -4,6 +4,7 @@ metrics`, and no label value anywhere is a phone number or a hash."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -11,8 +12,12 @@ import time
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
+from agent import metrics as agent_metrics
 from devtools.stack import Stack
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from wacoder import keys
 
 from tests.harness import Conversation, RedisServer, TwilioSim
 
@@ -144,7 +149,8 @@ def test_the_bridge_times_tool_calls_by_tool_and_outcome(
     assert moved("wacoder_grpc_server_handled_total", method="/wacoder.v1.McpBridgeService/WatchSession") == 1
     _, after = conversation
     assert value(after["mcp-bridge"], "wacoder_bridge_breaker_state") == 0
-    assert total(after["mcp-bridge"], "wacoder_bridge_cache_total") >= 0
+    # The summary fetches the session's files: a cacheable call, not cached yet.
+    assert moved("wacoder_bridge_cache_total", tool="get_session_files", result="miss") >= 1
 
 
 def test_the_notifier_counts_twilio_sends_and_its_outbox(
@@ -163,6 +169,43 @@ def test_the_notifier_counts_twilio_sends_and_its_outbox(
     assert depths == {str(shard) for shard in range(16)}  # STREAM_SHARDS, its default
     assert total(after["notifier"], "wacoder_notifier_outbox_depth") == 0  # all sent
     assert total(after["notifier"], "wacoder_notifier_outbox_oldest_age_seconds") == 0
+
+
+def test_the_agent_reports_its_inbox_depth_per_shard(conversation: tuple[dict[str, Samples], ...]) -> None:
+    _, after = conversation
+    shards = {dict(ls)["shard"] for (n, ls) in after["agent"] if n == "wacoder_agent_inbox_depth"}
+    assert shards == {str(shard) for shard in range(16)}
+    assert total(after["agent"], "wacoder_agent_inbox_depth") == 0  # all handled (and kept a while)
+    assert total(after["agent"], "wacoder_agent_inbox_oldest_age_seconds") == 0
+
+
+def test_inbox_depth_counts_undelivered_and_pending_entries(module_redis: RedisServer) -> None:
+    """refresh_inbox against a stream of its own (Redis database 1, away from the stack): one
+    entry handled, one delivered but not acknowledged, two not yet delivered."""
+
+    async def check() -> tuple[float, float, float]:
+        redis = aioredis.Redis.from_url(module_redis.url.rsplit("/", 1)[0] + "/1", decode_responses=True)
+        stream = keys.inbox_stream(3)
+        try:
+            await redis.delete(stream)
+            ids = [await redis.xadd(stream, {"n": str(n)}) for n in range(4)]
+            await redis.xgroup_create(stream, keys.INBOX_GROUP, id="0")
+            await redis.xreadgroup(keys.INBOX_GROUP, "c", {stream: ">"}, count=2)
+            await redis.xack(stream, keys.INBOX_GROUP, ids[0])
+            await asyncio.sleep(0.2)
+            await agent_metrics.refresh_inbox(redis)
+        finally:
+            await redis.delete(stream)
+            await redis.aclose()
+        sample = REGISTRY.get_sample_value
+        return (
+            sample("wacoder_agent_inbox_depth", {"shard": "3"}) or 0.0,
+            sample("wacoder_agent_inbox_oldest_age_seconds", {"shard": "3"}) or 0.0,
+            sample("wacoder_agent_inbox_depth", {"shard": "4"}) or 0.0,
+        )
+
+    depth, age, other = asyncio.run(check())
+    assert depth == 3 and 0.2 <= age < 5 and other == 0
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -13,12 +13,14 @@ from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.leases import ShardLeases, replica_name
 from wacoder.logs import setup_logging
+from wacoder.metrics import on_scrape
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import Replication, open_redis, ping
 from wacoder.settings import Settings, service_settings
 from wacoder.streams import KeyedStreamConsumer, ShardConsumers
 from wacoder.v1 import agent_pb2_grpc, bridge_pb2_grpc, notifier_pb2_grpc
 
+from agent import metrics
 from agent.autocoder import AutoCoder
 from agent.dialogue import FreeTextResponder, OfflineResponder
 from agent.outbound import Outbound
@@ -120,6 +122,8 @@ async def serve(settings: Settings) -> None:
         await progress.stop()
 
     # /livez, /readyz: ready while Redis (its inbox) answers.
+    # /metrics reads the inbox depth when scraped.
+    on_scrape(lambda: metrics.refresh_inbox(redis))
     ops = await start_ops_server(settings.metrics_host, settings.agent_metrics_port, lambda: ping(redis))
     await wgrpc.serve(
         settings.agent_addr,

@@ -3,7 +3,12 @@ Labels are small fixed sets: never a phone number, hash, project or session id."
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from wacoder import keys
+from wacoder.redis import Store
 
 MESSAGES_PROCESSED = Counter(
     "wacoder_agent_messages_processed_total", "Inbound messages answered (the reply handed to the notifier)"
@@ -48,3 +53,74 @@ SESSION_SECONDS = Histogram(
 
 def outcome_label(status: str) -> str:
     return status if status in ("succeeded", "failed") else "other"
+
+
+INBOX_DEPTH = Gauge(
+    "wacoder_agent_inbox_depth",
+    "Inbox entries not yet handled (undelivered or pending), per shard",
+    ["shard"],
+)
+INBOX_OLDEST_AGE = Gauge(
+    "wacoder_agent_inbox_oldest_age_seconds",
+    "Age of the oldest inbox entry not yet handled, per shard (0 when none)",
+    ["shard"],
+)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _group(info: Any) -> dict[str, Any] | None:
+    """The agent's consumer group among a stream's XINFO GROUPS (None: no stream or group yet)."""
+    if not isinstance(info, list):
+        return None
+    for group in info:
+        fields = {_text(k): v for k, v in group.items()}
+        if _text(fields.get("name", "")) == keys.INBOX_GROUP:
+            return fields
+    return None
+
+
+# Redis before 7 reports no lag: the entries not yet delivered are then counted by reading
+# them, at most this many (the gauge shows this cap when more are waiting).
+UNREPORTED_LAG_CAP = 1000
+
+
+async def refresh_inbox(redis: Store) -> None:
+    """Depth and oldest-entry age of every inbox shard, on scrape. Handled entries stay in the
+    stream a while (acknowledged, not deleted), so the depth is the agent group's lag (not yet
+    delivered) plus its pending entries (delivered, not acknowledged); the oldest of them is the
+    oldest pending one, else the first one after the last delivered."""
+    shards = range(keys.SHARDS)
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.xinfo_groups(keys.inbox_stream(shard))
+        infos = await pipe.execute(raise_on_error=False)
+    groups = {shard: group for shard, info in zip(shards, infos, strict=True) if (group := _group(info))}
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard, group in groups.items():
+            stream = keys.inbox_stream(shard)
+            pipe.xpending(stream, keys.INBOX_GROUP)
+            after = _text(group.get("last-delivered-id", "0-0"))
+            lag_known = group.get("lag") is not None
+            pipe.xrange(stream, min=f"({after}", count=1 if lag_known else UNREPORTED_LAG_CAP)
+        answers = iter(await pipe.execute(raise_on_error=False))
+    now_ms = time.time() * 1000
+    for shard in shards:
+        depth, age = 0, 0.0
+        if (group := groups.get(shard)) is not None:
+            summary, undelivered = next(answers), next(answers)
+            undelivered = undelivered if isinstance(undelivered, list) else []
+            pending = int(group.get("pending") or 0)
+            lag = group.get("lag")
+            depth = pending + (int(lag) if lag is not None else len(undelivered))
+            first: Any = None
+            if pending > 0 and isinstance(summary, dict):
+                first = summary.get("min")
+            elif undelivered:
+                first = undelivered[0][0]
+            if first is not None:
+                age = max(0.0, (now_ms - int(_text(first).split("-")[0])) / 1000)
+        INBOX_DEPTH.labels(str(shard)).set(depth)
+        INBOX_OLDEST_AGE.labels(str(shard)).set(age)
