@@ -28,6 +28,7 @@ PORT_VARIABLE = {
     "notifier": "NOTIFIER_METRICS_PORT",
     "autocoder": "AUTOCODER_METRICS_PORT",
 }
+MESSAGES = 5  # the conversation's
 SESSION_ID = re.compile(r"Started session `([^`]+)`")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -74,7 +75,7 @@ def conversation(
     stack: Stack, env: dict[str, str], twilio_sim: TwilioSim
 ) -> tuple[dict[str, Samples], dict[str, Samples]]:
     """Scrapes of every service before and after: /help, /new shop, a free-text task (its
-    coding session run to the end), /agents."""
+    coding session run to the end), /agents, and /status of a session that does not exist."""
     user = Conversation(env, twilio_sim, "+15559990013")  # its own Redis: nobody else's number
     before = {service: scrape(env, service) for service in SERVICES}
     assert "/new" in user.ask("/help")
@@ -84,6 +85,7 @@ def conversation(
     assert session_id, started
     user.wait_progress(rf"Session `{session_id.group(1)}` in \*shop\*: \*(succeeded|failed)\*", timeout_s=90)
     assert "AutoCoder agents" in user.ask("/agents")
+    assert "not found" in user.ask("/status no-such-session")  # an error of one type
     time.sleep(0.5)  # the last sends' records (client-side gRPC metrics are recorded just after)
     after = {service: scrape(env, service) for service in SERVICES}
     return before, after
@@ -97,8 +99,8 @@ def delta(
 
 
 def test_the_webhook_counts_the_messages_it_accepted(conversation: tuple[dict[str, Samples], ...]) -> None:
-    assert delta(conversation, "webhook", "wacoder_webhook_messages_total", outcome="accepted") == 4
-    assert delta(conversation, "webhook", "wacoder_webhook_latency_seconds_count") == 4
+    assert delta(conversation, "webhook", "wacoder_webhook_messages_total", outcome="accepted") == MESSAGES
+    assert delta(conversation, "webhook", "wacoder_webhook_latency_seconds_count") == MESSAGES
 
 
 def test_the_agent_counts_messages_replies_sessions_and_progress(
@@ -107,9 +109,12 @@ def test_the_agent_counts_messages_replies_sessions_and_progress(
     def moved(name: str, **labels: str) -> float:
         return delta(conversation, "agent", name, **labels)
 
-    assert moved("wacoder_agent_messages_processed_total") == 4
-    assert moved("wacoder_agent_processing_seconds_count") == 4
-    assert moved("wacoder_agent_replies_total", kind="command") == 3
+    assert moved("wacoder_agent_messages_processed_total") == MESSAGES
+    assert moved("wacoder_agent_processing_seconds_count") == MESSAGES
+    assert moved("wacoder_agent_end_to_end_seconds_count") == MESSAGES
+    assert moved("wacoder_agent_errors_total", type="tool_error") == 1
+    assert moved("wacoder_agent_errors_total") == 1
+    assert moved("wacoder_agent_replies_total", kind="command") == MESSAGES - 1
     assert moved("wacoder_agent_replies_total", kind="free_text") == 1
     assert moved("wacoder_agent_sessions_started_total") == 1
     assert moved("wacoder_agent_sessions_completed_total") == 1
@@ -117,10 +122,10 @@ def test_the_agent_counts_messages_replies_sessions_and_progress(
     assert moved("wacoder_agent_progress_messages_total", kind="final") == 1
     # gRPC, both sides: the webhook hands each message over, the agent sends every reply and
     # every progress message through the notifier.
-    sends = 4 + moved("wacoder_agent_progress_messages_total")
+    sends = MESSAGES + moved("wacoder_agent_progress_messages_total")
     assert (
         moved("wacoder_grpc_server_handled_total", method="/wacoder.v1.AgentService/SubmitMessage", code="OK")
-        == 4
+        == MESSAGES
     )
     assert (
         moved("wacoder_grpc_client_handled_total", method="/wacoder.v1.NotifierService/Send", code="OK")
@@ -130,7 +135,7 @@ def test_the_agent_counts_messages_replies_sessions_and_progress(
         moved("wacoder_grpc_client_handling_seconds_count", method="/wacoder.v1.NotifierService/Send")
         == sends
     )
-    assert delta(conversation, "webhook", "wacoder_grpc_client_handled_total", code="OK") >= 4
+    assert delta(conversation, "webhook", "wacoder_grpc_client_handled_total", code="OK") >= MESSAGES
 
 
 def test_the_bridge_times_tool_calls_by_tool_and_outcome(
@@ -142,6 +147,7 @@ def test_the_bridge_times_tool_calls_by_tool_and_outcome(
     assert moved("wacoder_bridge_tool_seconds_count", tool="create_project", outcome="ok") == 1
     assert moved("wacoder_bridge_tool_seconds_count", tool="execute_coding_task", outcome="ok") == 1
     assert moved("wacoder_bridge_tool_seconds_count", outcome="ok") >= 2
+    assert moved("wacoder_bridge_tool_seconds_count", tool="get_session_details", outcome="tool_error") == 1
     assert (
         moved("wacoder_grpc_server_handled_total", method="/wacoder.v1.McpBridgeService/CallTool", code="OK")
         >= 2
@@ -159,7 +165,7 @@ def test_the_notifier_counts_twilio_sends_and_its_outbox(
     def moved(name: str, **labels: str) -> float:
         return delta(conversation, "notifier", name, **labels)
 
-    sends = 4 + delta(conversation, "agent", "wacoder_agent_progress_messages_total")
+    sends = MESSAGES + delta(conversation, "agent", "wacoder_agent_progress_messages_total")
     assert moved("wacoder_notifier_queued_total") == sends
     assert moved("wacoder_notifier_twilio_sends_total", status="accepted") >= sends  # long texts go in parts
     assert moved("wacoder_notifier_dead_letters_total") == 0

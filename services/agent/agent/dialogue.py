@@ -8,7 +8,7 @@ from typing import Protocol
 
 from wacoder import templates
 
-from agent import offline
+from agent import metrics, offline
 from agent.autocoder import AutoCoderUnavailable, ToolError
 from agent.commands import is_command, run_command
 from agent.turn import Turn
@@ -36,11 +36,13 @@ async def reply_to(turn: Turn, text: str, free_text: FreeTextResponder) -> str:
             return await run_command(turn, text)
         return await free_text.respond(turn, text)
     except AutoCoderUnavailable:
+        metrics.ERRORS.labels("autocoder_unavailable").inc()
         log.warning("autocoder unavailable")
         return templates.CONNECTION
     except ToolError as error:
         return turn.explain(error)
     except Exception:
+        metrics.ERRORS.labels("internal").inc()
         # A bug of ours must not leave the user in silence (nor retry forever).
         log.exception("unexpected error while answering")
         return SOMETHING_WENT_WRONG

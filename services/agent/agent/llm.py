@@ -74,6 +74,7 @@ class LlmResponder:
             result = await asyncio.wait_for(agent.ainvoke({"messages": messages}), self.timeout_s)
         except _LLM_ERRORS as error:
             metrics.LLM_SECONDS.labels("error").observe(time.perf_counter() - started)
+            metrics.ERRORS.labels("llm_unavailable").inc()
             log.warning("llm call failed", extra={"error": type(error).__name__})
             return templates.CONNECTION
         metrics.LLM_SECONDS.labels("ok").observe(time.perf_counter() - started)

@@ -18,6 +18,16 @@ PROCESSING_SECONDS = Histogram(
     "Time from taking a message out of the inbox to handing its reply to the notifier",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+END_TO_END_SECONDS = Histogram(
+    "wacoder_agent_end_to_end_seconds",
+    "Time from the webhook accepting a message (its inbox entry) to its reply queued at the notifier",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)
+ERRORS = Counter(
+    "wacoder_agent_errors_total",
+    "Messages answered with an error instead of what was asked, by type",
+    ["type"],  # autocoder_unavailable, tool_error, internal, llm_unavailable
+)
 REPLIES = Counter(
     "wacoder_agent_replies_total",
     "Replies computed, by what they answered",

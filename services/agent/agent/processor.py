@@ -7,6 +7,7 @@ nothing has seen yet, or resends a stored reply that the notifier de-duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -72,6 +73,10 @@ class Processor:
             self.progress.start(keys.shard_of(user), session_id)
         metrics.MESSAGES_PROCESSED.inc()
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+        # The inbox entry's id is the time the webhook (or the agent) stored the message.
+        with contextlib.suppress(ValueError):
+            accepted_ms = int(entry_id.split("-", 1)[0])
+            metrics.END_TO_END_SECONDS.observe(max(0.0, time.time() - accepted_ms / 1000))
         log.info(
             "message processed",
             extra={

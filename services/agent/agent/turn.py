@@ -135,7 +135,8 @@ class Turn:
 
     @staticmethod
     def explain(error: ToolError) -> str:
-        """A tool error, worded for the user."""
+        """A tool error, worded for the user (and counted)."""
+        metrics.ERRORS.labels("tool_error").inc()
         text = str(error)
         if "project not found" in text.lower():
             return templates.PROJECT_NOT_FOUND
