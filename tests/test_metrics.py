@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -32,6 +33,15 @@ MESSAGES = 5  # the conversation's
 SESSION_ID = re.compile(r"Started session `([^`]+)`")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(scope="module")
+def twilio_sim() -> Iterator[TwilioSim]:
+    """A Twilio of this module's own that posts status callbacks (sent, delivered) for every
+    message, as the real one does: the webhook's delivery funnel."""
+    sim = TwilioSim(status_callbacks=True)
+    yield sim
+    sim.stop()
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +222,27 @@ def test_inbox_depth_counts_undelivered_and_pending_entries(module_redis: RedisS
 
     depth, age, other = asyncio.run(check())
     assert depth == 3 and 0.2 <= age < 5 and other == 0
+
+
+def test_the_webhook_counts_the_delivery_funnel(
+    conversation: tuple[dict[str, Samples], ...], env: dict[str, str]
+) -> None:
+    """Every message Twilio accepted reports sent, then delivered, to the status callback."""
+    before, _ = conversation
+    accepted = delta(conversation, "notifier", "wacoder_notifier_twilio_sends_total", status="accepted")
+    name = "wacoder_webhook_status_callbacks_total"
+    deadline = time.monotonic() + 15
+    while True:
+        now = scrape(env, "webhook")
+        moved = {
+            s: total(now, name, status=s) - total(before["webhook"], name, status=s)
+            for s in ("sent", "delivered")
+        }
+        if moved == {"sent": accepted, "delivered": accepted} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert moved == {"sent": accepted, "delivered": accepted}
+    assert total(now, name, status="failed") == 0
 
 
 @pytest.mark.parametrize("service", SERVICES)
