@@ -195,6 +195,14 @@ def test_the_agent_reports_its_inbox_depth_per_shard(conversation: tuple[dict[st
     assert total(after["agent"], "wacoder_agent_inbox_oldest_age_seconds") == 0
 
 
+def test_the_agent_counts_active_users_without_naming_them(
+    conversation: tuple[dict[str, Samples], ...],
+) -> None:
+    _, after = conversation  # the module's own Redis: this conversation's user is the only one
+    for window in ("15m", "1h", "24h"):
+        assert value(after["agent"], "wacoder_agent_active_users", window=window) == 1
+
+
 def test_inbox_depth_counts_undelivered_and_pending_entries(module_redis: RedisServer) -> None:
     """refresh_inbox against a stream of its own (Redis database 1, away from the stack): one
     entry handled, one delivered but not acknowledged, two not yet delivered."""

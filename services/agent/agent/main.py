@@ -124,6 +124,7 @@ async def serve(settings: Settings) -> None:
     # /livez, /readyz: ready while Redis (its inbox) answers.
     # /metrics reads the inbox depth when scraped.
     on_scrape(lambda: metrics.refresh_inbox(redis))
+    on_scrape(lambda: metrics.refresh_active_users(redis))
     ops = await start_ops_server(settings.metrics_host, settings.agent_metrics_port, lambda: ping(redis))
     await wgrpc.serve(
         settings.agent_addr,

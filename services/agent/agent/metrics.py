@@ -65,6 +65,40 @@ def outcome_label(status: str) -> str:
     return status if status in ("succeeded", "failed") else "other"
 
 
+ACTIVE_USERS = Gauge(
+    "wacoder_agent_active_users",
+    "Distinct users whose messages were processed within the window (every replica's, from Redis)",
+    ["window"],  # 15m, 1h, 24h
+)
+# Users seen, in HyperLogLogs of 5-minute buckets (one slot: counted together; no number in
+# clear: the members are the keyed hashes, and a HyperLogLog does not give them back).
+ACTIVE_BUCKET_S = 300
+ACTIVE_WINDOWS = {"15m": 3, "1h": 12, "24h": 288}
+
+
+def _active_key(bucket: int) -> str:
+    return f"metrics:active_users:{{metrics}}:{bucket}"
+
+
+async def note_active(redis: Store, user: str) -> None:
+    """Counts `user` (their hash) as active now."""
+    key = _active_key(int(time.time() // ACTIVE_BUCKET_S))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.pfadd(key, user)
+        pipe.expire(key, ACTIVE_BUCKET_S * (ACTIVE_WINDOWS["24h"] + 1))
+        await pipe.execute()
+
+
+async def refresh_active_users(redis: Store) -> None:
+    now = int(time.time() // ACTIVE_BUCKET_S)
+    async with redis.pipeline(transaction=False) as pipe:
+        for buckets in ACTIVE_WINDOWS.values():
+            pipe.pfcount(*(_active_key(now - n) for n in range(buckets)))
+        counts = await pipe.execute()
+    for window, count in zip(ACTIVE_WINDOWS, counts, strict=True):
+        ACTIVE_USERS.labels(window).set(count)
+
+
 INBOX_DEPTH = Gauge(
     "wacoder_agent_inbox_depth",
     "Inbox entries not yet handled (undelivered or pending), per shard",

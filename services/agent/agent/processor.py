@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
 from wacoder import keys
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
@@ -72,6 +73,10 @@ class Processor:
         for session_id in answer.sessions:
             self.progress.start(keys.shard_of(user), session_id)
         metrics.MESSAGES_PROCESSED.inc()
+        try:
+            await metrics.note_active(self.redis, user)
+        except (RedisError, OSError) as error:  # a metric is not worth failing the message for
+            log.warning("active users not counted", extra={"error": type(error).__name__})
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
         # The inbox entry's id is the time the webhook (or the agent) stored the message.
         with contextlib.suppress(ValueError):
