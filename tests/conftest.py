@@ -82,6 +82,7 @@ IN_PROCESS = {
     "tests/agent/test_router.py",
     "tests/autocoder/test_journal.py",
     "tests/autocoder/test_bounded.py",
+    "tests/lib/test_grpc_metrics.py",
     "tests/lib/test_grpc_targets.py",
     "tests/operator/test_rollout.py",
     "tests/test_protos.py",
