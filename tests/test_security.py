@@ -284,7 +284,9 @@ def dump(r: redis.Redis) -> str:
     for key in r.scan_iter(count=1000):
         kind = r.type(key)
         if kind == "string":
-            value: object = r.get(key)
+            # Raw: a string may be binary (the active-users HyperLogLog), and is searched as text.
+            raw = r.execute_command("GET", key, NEVER_DECODE=True)
+            value: object = raw.decode(errors="replace") if raw is not None else None
         elif kind == "hash":
             value = r.hgetall(key)
         elif kind == "list":
