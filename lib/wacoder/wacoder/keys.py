@@ -258,3 +258,12 @@ def health_cache() -> str:
 def session_ended(caller: str, session_id: str) -> str:
     """Set once the bridge has seen the session succeed or fail: its files stop changing."""
     return f"bridge:cache:ended:{caller}:{session_id}"
+
+
+# The agent's active-users gauge: HyperLogLogs of user hashes per time bucket, all in one slot so
+# that a window's buckets are counted together (a HyperLogLog does not give its members back).
+ACTIVE_USERS_TTL_S = 25 * 60 * 60
+
+
+def active_users(bucket: int) -> str:
+    return f"metrics:active_users:{{metrics}}:{bucket}"

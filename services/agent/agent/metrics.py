@@ -76,16 +76,12 @@ ACTIVE_BUCKET_S = 300
 ACTIVE_WINDOWS = {"15m": 3, "1h": 12, "24h": 288}
 
 
-def _active_key(bucket: int) -> str:
-    return f"metrics:active_users:{{metrics}}:{bucket}"
-
-
 async def note_active(redis: Store, user: str) -> None:
     """Counts `user` (their hash) as active now."""
-    key = _active_key(int(time.time() // ACTIVE_BUCKET_S))
+    key = keys.active_users(int(time.time() // ACTIVE_BUCKET_S))
     async with redis.pipeline(transaction=False) as pipe:
         pipe.pfadd(key, user)
-        pipe.expire(key, ACTIVE_BUCKET_S * (ACTIVE_WINDOWS["24h"] + 1))
+        pipe.expire(key, keys.ACTIVE_USERS_TTL_S)
         await pipe.execute()
 
 
@@ -93,7 +89,7 @@ async def refresh_active_users(redis: Store) -> None:
     now = int(time.time() // ACTIVE_BUCKET_S)
     async with redis.pipeline(transaction=False) as pipe:
         for buckets in ACTIVE_WINDOWS.values():
-            pipe.pfcount(*(_active_key(now - n) for n in range(buckets)))
+            pipe.pfcount(*(keys.active_users(now - n) for n in range(buckets)))
         counts = await pipe.execute()
     for window, count in zip(ACTIVE_WINDOWS, counts, strict=True):
         ACTIVE_USERS.labels(window).set(count)
