@@ -57,7 +57,8 @@ class HelmCli:
             self.binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         try:
-            out, err = await asyncio.wait_for(process.communicate(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                out, err = await process.communicate()
         except TimeoutError:
             process.kill()
             await process.wait()

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from wacoder import keys
 from wacoder.redis import Store
 from wacoder.settings import Settings
+from wacoder.waiting import wait_event
 
 log = logging.getLogger("wacoder.leases")
 
@@ -143,10 +144,7 @@ class ShardLeases:
                     log.warning("shard leases: redis unavailable", extra={"error": str(error)})
                 except Exception:
                     log.exception("shard leases: rebalancing failed")
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=self.tick_s)
-                except TimeoutError:
-                    pass
+                await wait_event(self._stopping, self.tick_s)
         except asyncio.CancelledError:
             await self._stop_keepers()
             raise
@@ -185,7 +183,8 @@ class ShardLeases:
     async def _keep_alive(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._renew_all(), timeout=self.ttl_ms / 4000)
+                async with asyncio.timeout(self.ttl_ms / 4000):
+                    await self._renew_all()
             except TimeoutError:
                 pass  # Redis did not answer in time: the deadlines decide
             except Exception:

@@ -66,7 +66,8 @@ async def metrics_route() -> Reply:
     """GET /metrics of the ops port: the default registry in Prometheus' text format."""
     for refresh in list(_refreshers):
         try:
-            await asyncio.wait_for(refresh(), REFRESH_TIMEOUT_S)
+            async with asyncio.timeout(REFRESH_TIMEOUT_S):
+                await refresh()
         except Exception as error:
             log.warning("metrics refresh failed", extra={"error": repr(error)})
     return Reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)

@@ -74,7 +74,8 @@ class OpsServer:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
             self._server = None
 
     async def livez(self) -> Reply:
@@ -83,7 +84,8 @@ class OpsServer:
 
     async def readyz(self) -> Reply:
         try:
-            ready = bool(await asyncio.wait_for(self.ready(), self.check_timeout_s))
+            async with asyncio.timeout(self.check_timeout_s):
+                ready = bool(await self.ready())
         except Exception as error:
             log.debug("readiness check failed", extra={"error": repr(error)})
             ready = False
@@ -95,11 +97,13 @@ class OpsServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT_S)
+            async with asyncio.timeout(_READ_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
             method, path = _request_line(head)
             reply = await self._reply(method, path)
             writer.write(_encode(reply, with_body=method != "HEAD"))
-            await asyncio.wait_for(writer.drain(), _READ_TIMEOUT_S)
+            async with asyncio.timeout(_READ_TIMEOUT_S):
+                await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass  # not a probe, or it went away: nothing to answer
         except Exception:

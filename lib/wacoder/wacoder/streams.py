@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import RedisError, ResponseError
 
 from wacoder.redis import Store
+from wacoder.waiting import wait_event
 
 log = logging.getLogger("wacoder.streams")
 
@@ -207,10 +208,7 @@ class KeyedStreamConsumer:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _pause(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+        await wait_event(self.stopping, seconds)
 
     async def _ensure_group(self) -> None:
         try:
@@ -265,10 +263,7 @@ class KeyedStreamConsumer:
             # Full: the stream is the queue. Wait for a slot instead of reading entries we
             # could not hold (and would not heartbeat).
             self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), timeout=block_ms / 1000)
-            except TimeoutError:
-                pass
+            await wait_event(self._room, block_ms / 1000)
             return
         reply = await self.redis.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=min(READ_COUNT, room), block=block_ms

@@ -71,7 +71,8 @@ class LlmResponder:
         messages = [*memory(turn.state.history), HumanMessage(text)]
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(agent.ainvoke({"messages": messages}), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                result = await agent.ainvoke({"messages": messages})
         except _LLM_ERRORS as error:
             metrics.LLM_SECONDS.labels("error").observe(time.perf_counter() - started)
             metrics.ERRORS.labels("llm_unavailable").inc()

@@ -194,7 +194,8 @@ class ProgressRelay:
             while True:
                 wait = max(0.0, last_sent + self.batch_interval_s - time.monotonic()) if pending else None
                 try:
-                    event = await asyncio.wait_for(events.get(), timeout=wait)
+                    async with asyncio.timeout(wait):
+                        event = await events.get()
                 except TimeoutError:
                     await self._send_batch(session_id, watch, pending)
                     pending, last_sent = [], time.monotonic()

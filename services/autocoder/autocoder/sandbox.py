@@ -271,7 +271,9 @@ async def _probe_unshare() -> Isolation:
     except OSError:
         return "socket-guard"
     try:
-        return "unshare" if await asyncio.wait_for(proc.wait(), 10) == 0 else "socket-guard"
+        async with asyncio.timeout(10):
+            status = await proc.wait()
+        return "unshare" if status == 0 else "socket-guard"
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -297,7 +299,8 @@ async def _run(
         )
     timed_out = False
     try:
-        await asyncio.wait_for(proc.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await proc.wait()
     except TimeoutError:
         timed_out = True
     finally:
@@ -320,7 +323,8 @@ async def _end_jail(bwrap: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(bwrap.wait(), JAIL_TEARDOWN_S)
+        async with asyncio.timeout(JAIL_TEARDOWN_S):
+            await bwrap.wait()
 
 
 def _children(pid: int) -> list[int]:

@@ -317,7 +317,8 @@ class McpSession:
             )
         connection = self._connection
         try:
-            tools = await asyncio.wait_for(asyncio.shield(connection.ready), self.connect_timeout_s + 1)
+            async with asyncio.timeout(self.connect_timeout_s + 1):
+                tools = await asyncio.shield(connection.ready)
         except TimeoutError:
             await connection.close()
             raise TransportFailure("timed out connecting to AutoCoder", may_have_reached=False) from None
@@ -333,7 +334,8 @@ class McpSession:
         connection.submit(call)
         try:
             # The SDK times the call out itself; this only guards against a wedged session.
-            return await asyncio.wait_for(asyncio.shield(call.future), timeout_s + 2)
+            async with asyncio.timeout(timeout_s + 2):
+                return await asyncio.shield(call.future)
         except TimeoutError:
             connection.retire()
             raise CallTimeout(f"no answer within {timeout_s:g} s") from None

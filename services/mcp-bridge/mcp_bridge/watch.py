@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from wacoder.v1 import bridge_pb2
+from wacoder.waiting import wait_event
 
 from mcp_bridge.cache import ENDED_STATUSES, ResultCache
 from mcp_bridge.tool_calls import BreakerOpen, CallTimeout, ToolCaller, Unavailable
@@ -100,7 +101,7 @@ async def watch_session(
                     f"session ({exc}); resume with after_event={last_seq}"
                 ) from exc
             log.info("watch poll failed, backing off", extra={"session_id": session_id, "error": str(exc)})
-            await _sleep(backoff, stopping)
+            await wait_event(stopping, backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
             continue
         if outcome.is_error:
@@ -122,13 +123,5 @@ async def watch_session(
             await cache.note_session_status(caller, session_id, details.get("status"))
             yield final_message(session_id, details, last_seq)
             return
-        await _sleep(poll_interval_s, stopping)
+        await wait_event(stopping, poll_interval_s)  # wakes at once when the bridge shuts down
     raise WatchOutage(f"mcp-bridge is shutting down; resume with after_event={last_seq}")
-
-
-async def _sleep(seconds: float, stopping: asyncio.Event) -> None:
-    """Sleeps, but wakes at once when the bridge shuts down."""
-    try:
-        await asyncio.wait_for(stopping.wait(), seconds)
-    except TimeoutError:
-        pass

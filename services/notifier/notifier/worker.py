@@ -31,6 +31,7 @@ from wacoder.crypto import InvalidToken
 from wacoder.redis import Store
 from wacoder.settings import Settings
 from wacoder.streams import KeyedStreamConsumer, Outcome, ShardConsumers
+from wacoder.waiting import wait_event
 
 from notifier import metrics
 from notifier.backoff import backoff_delay
@@ -270,8 +271,4 @@ class OutboxWorker:
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleeps unless stopping; False when woken by `stop()`."""
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return True
-        return False
+        return not await wait_event(self.stopping, seconds)
