@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from autocoder import metrics
 from autocoder.agents.base import AgentContext, AgentOutput, GeneratedFile, ProjectSpec
 from autocoder.agents.builtin import GENERATORS
 from autocoder.agents.llm import LLMGenerator
@@ -73,6 +75,8 @@ class Pipeline:
             session.status = "running"
             self.store.add_event(session, f"session started: {', '.join(session.agents)}")
             log.info("session started", extra={"session_id": session.session_id, "agents": session.agents})
+            started = time.perf_counter()
+            metrics.SESSIONS_RUNNING.inc()
             try:
                 await self._run_agents(project, session)
             except asyncio.CancelledError:
@@ -81,6 +85,9 @@ class Pipeline:
             except Exception as exc:  # any agent's failure ends the session, and it says why
                 log.exception("session failed", extra={"session_id": session.session_id})
                 self._finish(session, "failed", f"{type(exc).__name__}: {exc}")
+            finally:
+                metrics.SESSIONS_RUNNING.dec()
+                metrics.SESSION_SECONDS.labels(session.status).observe(time.perf_counter() - started)
 
     def _spec_for(self, project: Project, session: Session) -> ProjectSpec:
         # A later session without the developer ("write tests", "add a Dockerfile") works on
@@ -96,6 +103,7 @@ class Pipeline:
         stopped_because = ""  # what the sandbox says stopped the test run, if anything
         for index, agent in enumerate(session.agents):
             session.agent_status[agent] = "running"
+            agent_started = time.perf_counter()
             self.store.add_event(session, f"{agent} started", agent, "running")
             existing, has_app = await asyncio.to_thread(self._look_around, project.project_id)
             ctx = AgentContext(
@@ -132,6 +140,8 @@ class Pipeline:
                     f"{results.errors} errors"
                 )
             session.agent_status[agent] = status
+            metrics.AGENT_RUNS.labels(agent, status).inc()
+            metrics.AGENT_RUN_SECONDS.labels(agent).observe(time.perf_counter() - agent_started)
             session.progress = round((index + 1) * 100 / total)
             self.store.add_event(session, f"{agent} {status}: {message}", agent, status)
         names = ", ".join(session.files[:8]) + (" …" if len(session.files) > 8 else "")
@@ -178,8 +188,10 @@ class Pipeline:
             if agent_status == "pending":
                 session.agent_status[name] = "skipped"
             elif agent_status == "running":
-                session.agent_status[name] = "failed"
+                session.agent_status[name] = "failed"  # it raised, or was cancelled
+                metrics.AGENT_RUNS.labels(name, "failed").inc()
         if status == "succeeded":
             session.progress = 100
         self.store.add_event(session, f"session {status}: {summary}")
+        metrics.SESSIONS_FINISHED.labels(status).inc()
         log.info("session finished", extra={"session_id": session.session_id, "status": status})
