@@ -223,13 +223,14 @@ def outside_window_counter(shard: int) -> str:
     return f"metrics:notifier:outside_window_total:{shard_tag(shard)}"
 
 
-# The send-rate token bucket refills within a second; an idle one expires.
+# A sender's send slot is a time at most a backlog ahead; an idle one expires this long after.
 SEND_RATE_TTL_S = 60
 
 
 def send_rate(sender: str) -> str:
-    """The token bucket of one sender number, shared by every notifier replica."""
-    return f"notifier:send_rate:{sender}"
+    """When one sender number's next send may go (GCRA), shared by every notifier replica and
+    both colours: the limit is the number's. (Not `send_rate:`, a hash in older releases.)"""
+    return f"notifier:send_slot:{sender}"
 
 
 # The mcp-bridge's caches of AutoCoder tool results.

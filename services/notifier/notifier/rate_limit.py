@@ -1,8 +1,16 @@
 """The per-sender send rate (WhatsApp's default throughput is 80 messages/s per sender).
 
-A token bucket in Redis, so that every notifier replica draws from the same bucket: the limit
-belongs to the sender number at Twilio, not to a process. One round trip per send; the
-bucket's clock is Redis's (TIME), so replicas with skewed clocks still agree.
+GCRA (the generic cell rate algorithm) in Redis, so every notifier replica draws on the same
+allowance: the limit belongs to the sender number at Twilio, not to a process. Each send
+*reserves* its slot in one round trip and learns how long to wait for it, then sleeps exactly
+that long: no polling, however many recipients wait (a token bucket that answers "not yet"
+makes every waiting lane ask again and again — it was the notifier's main CPU cost under load).
+The state is one number per sender, the theoretical arrival time (TAT) of the next send, on
+Redis's clock (TIME), so replicas with skewed clocks still agree.
+
+Bursts: up to `burst` sends pass at once after an idle spell, then one every 1/rate s; so at
+most burst + rate·T sends go out in any T seconds. A reservation cancelled before its send
+(shutdown, a lost shard) leaves its slot unused: the rate can only come out lower, never higher.
 """
 
 from __future__ import annotations
@@ -12,25 +20,20 @@ import asyncio
 from wacoder import keys
 from wacoder.redis import Store
 
-# KEYS[1] bucket hash; ARGV rate per second, burst, ttl (s). Returns 0 when a token was taken, else the
-# milliseconds until one will be there.
-_TAKE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+# KEYS[1] the sender's TAT (microseconds, Redis clock). ARGV: interval µs, burst tolerance µs,
+# idle ttl ms. Reserves the next slot; returns the microseconds to wait for it (0: send now).
+_RESERVE = """
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
-local ts = tonumber(redis.call('HGET', KEYS[1], 'ts'))
-if not tokens or not ts then tokens = burst; ts = now end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = math.ceil((1 - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+-- Kept while reservations reach into the future (a backlog), and ttl beyond.
+local keep = math.floor((tat + interval - now) / 1000) + tonumber(ARGV[3])
+redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', keep)
 return wait
 """
 
@@ -39,17 +42,21 @@ class SendRateLimiter:
     def __init__(self, redis: Store, sender: str, rate_per_s: float) -> None:
         self.redis = redis
         self.key = keys.send_rate(sender)
-        self.rate = max(rate_per_s, 0.001)
+        rate = max(rate_per_s, 0.001)
         # One second's worth of burst: smooth enough for Twilio, no idle capacity wasted.
-        self.burst = max(1.0, self.rate)
-        self._script = redis.register_script(_TAKE)
+        burst = max(1.0, rate)
+        self.interval_us = round(1_000_000 / rate)
+        self.tolerance_us = round((burst - 1) * self.interval_us)
+        self._script = redis.register_script(_RESERVE)
 
     async def acquire(self) -> None:
-        """Waits until the shared bucket hands out a token. Raises on Redis errors."""
-        while True:
-            wait_ms = int(
-                await self._script(keys=[self.key], args=[self.rate, self.burst, keys.SEND_RATE_TTL_S])
+        """Reserves the next send slot of the shared allowance and waits for it. Raises on Redis
+        errors (nothing reserved then)."""
+        wait_us = int(
+            await self._script(
+                keys=[self.key],
+                args=[self.interval_us, self.tolerance_us, keys.SEND_RATE_TTL_S * 1000],
             )
-            if wait_ms <= 0:
-                return
-            await asyncio.sleep(wait_ms / 1000)
+        )
+        if wait_us > 0:
+            await asyncio.sleep(wait_us / 1_000_000)
