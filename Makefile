@@ -53,6 +53,12 @@ protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=lib/wacoder --pyi_out=lib/wacoder \
 		--grpc_python_out=lib/wacoder $(PROTOS)
 
+# Regenerates the Grafana dashboards (charts/whatsapp-coder/dashboards/*.json) from their Python
+# source beside them (tests fail on drift).
+.PHONY: dashboards
+dashboards: install
+	$(PY) charts/whatsapp-coder/dashboards/generate.py
+
 bench: install
 	$(PY) -m bench
 
