@@ -1,90 +1,82 @@
-"""`make bench`: latency of the webhook's hot path and of a full round trip, on this machine.
+"""`make bench` (`python -m bench`): the platform side by side with a minimal inline webhook.
 
-Starts its own redis-server, the local Twilio stand-in and every service, then measures:
-- accept: a signed POST /webhook/whatsapp until Twilio would get its 200 (sequential, and with
-  concurrent senders);
-- round trip: a signed "/help" until the reply reaches the Twilio Messages API;
-then the scale-out line (bench.scale_out): sustained throughput with 1 and 2 replicas on a Redis
-Cluster, side by side.
+    python -m bench [--quick] [--concurrency C] [--messages N] [--senders S] [--json PATH] ...
+    python -m bench scale-out [--messages M] [--senders N] [--concurrency C] [--rounds R]
+
+The first prints the table of bench/run.py (every figure with its ratio to
+bench/reference_webhook.py) and writes it as JSON to .run/bench/latest.json; the second is the
+scale-out line (1 vs 2 replicas on a Redis Cluster, bench/scale_out.py).
 """
 
 from __future__ import annotations
 
-import shutil
-import statistics
-import time
-from concurrent.futures import ThreadPoolExecutor
+import argparse
+import sys
+from pathlib import Path
 
-import httpx
-
-from bench import scale_out
-from tests.harness import RedisServer, TwilioSim, inbound, sign, stack_env, start_stack
+from bench import run
 
 
-def percentiles(samples_s: list[float]) -> str:
-    ms = sorted(s * 1000 for s in samples_s)
-    q = statistics.quantiles(ms, n=100)
-    return f"p50 {q[49]:7.2f} ms   p95 {q[94]:7.2f} ms   p99 {q[98]:7.2f} ms   (n={len(ms)})"
+def pool_env(value: str) -> tuple[str, str]:
+    name, sep, setting = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {value!r}")
+    return name, setting
 
 
-def main() -> None:
-    redis = RedisServer()
-    redis.start()
-    sim = TwilioSim()
-    env = stack_env(redis.url, sim.url)
-    stack = start_stack(env)
-    url = env["PUBLIC_BASE_URL"] + "/webhook/whatsapp"
-    try:
-        client = httpx.Client()
-
-        def accept(n: int, body: str = "/agents") -> float:
-            form = inbound(f"+1555{n % 500:07d}", body, f"SMbench{n:026d}")
-            headers = {"X-Twilio-Signature": sign(url, form)}
-            began = time.perf_counter()
-            answer = client.post(url, data=form, headers=headers)
-            elapsed = time.perf_counter() - began
-            assert answer.status_code == 200, answer.text
-            return elapsed
-
-        for n in range(50):  # warm-up
-            accept(10_000_000 + n)
-        print(f"webhook accept, sequential:     {percentiles([accept(n) for n in range(1000)])}")
-        with ThreadPoolExecutor(16) as pool:
-            began = time.perf_counter()
-            samples = list(pool.map(accept, range(20_000, 22_000)))
-            wall = time.perf_counter() - began
-        print(f"webhook accept, 16 concurrent:  {percentiles(samples)}   {len(samples) / wall:,.0f} req/s")
-
-        # Every accepted message is answered: drain the backlog before timing round trips.
-        expected, began = 3050, time.perf_counter()
-        while len(sim.messages()) < expected and time.perf_counter() - began < 180:
-            time.sleep(0.5)
-        drained = len(sim.messages())
-        print(
-            f"replies delivered after the burst: {drained}/{expected} in {time.perf_counter() - began:.1f} s "
-            f"(sender rate limit NOTIFIER_SEND_RATE_PER_S={env.get('NOTIFIER_SEND_RATE_PER_S', '80')})"
+def parse(argv: list[str]) -> run.Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = run.Options()
+    parser.add_argument("--quick", action="store_true", help="a smoke run (well under a minute)")
+    parser.add_argument("--concurrency", type=int, help=f"ack load's connections ({defaults.concurrency})")
+    parser.add_argument("--messages", type=int, help=f"messages of the ack burst ({defaults.messages})")
+    parser.add_argument("--senders", type=int, help=f"whitelisted senders of the loads ({defaults.senders})")
+    parser.add_argument("--e2e-messages", type=int, help=f"per end-to-end figure ({defaults.e2e_messages})")
+    parser.add_argument("--sustain-seconds", type=float, help=f"each sustained try ({defaults.sustain_s:g})")
+    parser.add_argument("--pool-senders", type=int, help=f"the Messaging Service's ({defaults.pool_senders})")
+    parser.add_argument(
+        "--pool-env",
+        type=pool_env,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more environment for the Messaging Service stack (e.g. how the notifier learns the pool)",
+    )
+    parser.add_argument("--log-level", help="LOG_LEVEL of the services (default: theirs, as make run)")
+    parser.add_argument(
+        "--json", type=Path, help="also write the figures here (always: .run/bench/latest.json)"
+    )
+    args = parser.parse_args(argv)
+    given = {
+        "concurrency": args.concurrency,
+        "messages": args.messages,
+        "senders": args.senders,
+        "e2e_messages": args.e2e_messages,
+        "sustain_s": args.sustain_seconds,
+        "pool_senders": args.pool_senders,
+        "log_level": args.log_level,
+        "json_path": args.json,
+    }
+    chosen = {k: v for k, v in given.items() if v is not None}
+    chosen["pool_env"] = tuple(args.pool_env)
+    options = run.Options.quick_run(**chosen) if args.quick else run.Options(**chosen)
+    if options.concurrency < 1 or options.messages < 20 or options.senders < 1 or options.e2e_messages < 2:
+        parser.error(
+            "--concurrency and --senders at least 1, --messages at least 20, --e2e-messages at least 2"
         )
+    return options
 
-        round_trips = []
-        for n in range(100):
-            sim.clear()
-            phone = f"+1555900{n:04d}"
-            form = inbound(phone, "/help", f"SMtrip{n:027d}")
-            sent_at = time.time()
-            client.post(url, data=form, headers={"X-Twilio-Signature": sign(url, form)})
-            [reply] = sim.wait_for(f"whatsapp:{phone}")
-            round_trips.append(reply["received_at"] - sent_at)
-        print(f"/help round trip to Twilio API: {percentiles(round_trips)}")
-    finally:
-        stack.stop()
-        sim.stop()
-        redis.stop()
 
-    print()
-    if shutil.which("redis-cli") is None:
-        print("scale-out: skipped, redis-cli is not installed (it creates the Redis Cluster)")
-    else:
-        scale_out.run()
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scale-out"]:
+        from bench import scale_out
+
+        scale_out.main(argv[1:])
+        return
+    run.main(parse(argv))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ For each replica count, on the same cluster (flushed in between, and fresh sende
 "/agents" goes webhook -> agent -> notifier -> Twilio and is answered by the agent itself (no
 AutoCoder call): it measures the message path, not a coding session.
 
-Alone: `.venv/bin/python -m bench.scale_out [--messages M] [--senders N] [--concurrency C] [--rounds R]`.
+Alone: `.venv/bin/python -m bench scale-out [--messages M] [--senders N] [--concurrency C] [--rounds R]`.
 """
 
 from __future__ import annotations
@@ -448,9 +448,11 @@ def run(
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench scale-out",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--messages", type=int, default=MESSAGES)
     parser.add_argument("--senders", type=int, default=SENDERS)
@@ -458,7 +460,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat both runs (alternating their order); medians"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run(args.messages, args.senders, args.concurrency, args.rounds)
 
 
