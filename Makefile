@@ -59,8 +59,10 @@ protos: install
 dashboards: install
 	$(PY) charts/whatsapp-coder/dashboards/generate.py
 
+# BENCH_ARGS: e.g. --quick, --concurrency 64, --json out.json; `$(PY) -m bench scale-out` is the
+# scale-out line (1 vs 2 replicas on a Redis Cluster).
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 # The WhatsAppBot operator (operator/) against the current kubeconfig: every namespace, or only
 # WATCH_NAMESPACE (comma-separated). helm from PATH or HELM_BIN; the chart from WACODER_CHART

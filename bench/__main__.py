@@ -4,8 +4,8 @@
     python -m bench scale-out [--messages M] [--senders N] [--concurrency C] [--rounds R]
 
 The first prints the table of bench/run.py (every figure with its ratio to
-bench/reference_webhook.py) and writes it as JSON to .run/bench/latest.json; the second is the
-scale-out line (1 vs 2 replicas on a Redis Cluster, bench/scale_out.py).
+bench/reference_webhook.py) and writes it as JSON to .run/bench/latest.json (or --json PATH);
+the second is the scale-out line (1 vs 2 replicas on a Redis Cluster, bench/scale_out.py).
 """
 
 from __future__ import annotations
@@ -45,9 +45,7 @@ def parse(argv: list[str]) -> run.Options:
         help="more environment for the Messaging Service stack (e.g. how the notifier learns the pool)",
     )
     parser.add_argument("--log-level", help="LOG_LEVEL of the services (default: theirs, as make run)")
-    parser.add_argument(
-        "--json", type=Path, help="also write the figures here (always: .run/bench/latest.json)"
-    )
+    parser.add_argument("--json", type=Path, help="write the figures here (default: .run/bench/latest.json)")
     args = parser.parse_args(argv)
     given = {
         "concurrency": args.concurrency,

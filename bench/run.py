@@ -22,10 +22,12 @@ stand-in (devtools.twilio_sim) and every service started as `make run` starts th
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -483,7 +485,8 @@ class Bench:
             say(
                 f"{name}: offered {attempt['offered_msg_per_s']:.0f} msg/s for {attempt['seconds']:.0f} s -> "
                 f"replies {attempt['reply_msg_per_s']:.0f} msg/s, "
-                f"backlog at end {attempt['backlog_at_end']}, "
+                f"backlog at end {attempt['backlog_at_end']} "
+                f"(growing {attempt['backlog_growth_msg_per_s']:+.1f}/s), "
                 f"max inbox {attempt['max_inbox_depth']} outbox {attempt['max_outbox_depth']}: "
                 f"{'kept up' if attempt['kept_up'] else 'fell behind'}"
             )
@@ -531,8 +534,11 @@ class Bench:
         reply_rate = replied_in_window / (last - window_from) if last > window_from else 0.0
         backlog = sum(t <= last for t in acked) - sum(t <= last for t in done)
         offered = (count - 1) / span if span > 0 else float(count)
+        # Kept up: replies came at the offered rate, the backlog (accepted, not yet answered) ended
+        # under half a second's worth, and it was not growing over the last three quarters.
         bound = max(10, int(0.5 * rate))
-        kept_up = reply_rate >= 0.95 * offered and backlog <= bound
+        growth = backlog_growth(acked, done, window_from, last)
+        kept_up = reply_rate >= 0.95 * offered and backlog <= bound and growth <= max(1.0, 0.03 * offered)
         return {
             "offered_msg_per_s": round(offered, 1),
             "target_msg_per_s": round(rate, 1),
@@ -541,6 +547,7 @@ class Bench:
             "reply_msg_per_s": round(reply_rate, 1),
             "backlog_at_end": backlog,
             "backlog_bound": bound,
+            "backlog_growth_msg_per_s": round(growth, 2),
             "drained_after_s": round(max(arrivals) - last, 2) if arrivals else None,
             "max_inbox_depth": depths.max_depth("inbox"),
             "max_outbox_depth": depths.max_depth("outbox"),
@@ -599,6 +606,22 @@ class Bench:
 
     def not_measured(self, what: str, why: str) -> None:
         self.results["not_measured"].append({"figure": what, "why": why})
+
+
+def backlog_growth(acked: Sequence[float], done: Sequence[float], since: float, until: float) -> float:
+    """How fast the backlog (accepted minus answered) grew between `since` and `until`, in
+    messages per second: the least-squares slope of ten samples a second."""
+    points: list[tuple[float, float]] = []
+    at = since
+    while at <= until:
+        points.append((at, bisect.bisect_right(acked, at) - bisect.bisect_right(done, at)))
+        at += 0.1
+    if len(points) < 3:
+        return 0.0
+    mean_t = statistics.fmean(t for t, _ in points)
+    mean_b = statistics.fmean(b for _, b in points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (b - mean_b) for t, b in points) / spread
 
 
 def messaging_service_env(senders: int, given: Mapping[str, str]) -> dict[str, str]:
@@ -880,8 +903,7 @@ def main(options: Options) -> dict[str, Any]:
     results.update(report(results, options))
     for note in bench.notes:
         print(f"note: {note}")
-    targets = [LATEST] + ([options.json_path] if options.json_path else [])
-    for target in targets:
-        write_json(results, options, target)
-    print(f"figures in {', '.join(rel(t) for t in targets)} ({results['wall_seconds']:.0f} s in all)")
+    target = options.json_path or LATEST
+    write_json(results, options, target)
+    print(f"figures in {rel(target)} ({results['wall_seconds']:.0f} s in all)")
     return results
