@@ -155,7 +155,13 @@ def variants() -> dict[str, list[dict[str, Any]]]:
         "green": render(sets=["colour=green"]),
         "production": production_objects(),
         "routing+hpa+monitoring": render(
-            sets=["routing.enabled=true", "hpa.enabled=true", "serviceMonitor.enabled=true"]
+            sets=[
+                "routing.enabled=true",
+                "hpa.enabled=true",
+                "serviceMonitor.enabled=true",
+                "dashboards.enabled=true",
+                "prometheusRule.enabled=true",
+            ]
         ),
         "autocoder-sandbox": render(
             sets=[
@@ -244,6 +250,8 @@ def test_default_and_production_render_what_they_should() -> None:
         "HorizontalPodAutoscaler": 4,
         "Ingress": 1,
         "ServiceMonitor": 4,
+        "ConfigMap": 3,  # the dashboards (the bot's ConfigMap is the operator's)
+        "PrometheusRule": 1,
         "NetworkPolicy": 6,
     }
 
@@ -254,8 +262,9 @@ def test_kubernetes_validate_accepts_every_builtin_object(tmp_path: Path) -> Non
         objects += variant
     objects += default_objects(crds=True)
     # kubernetes-validate has schemas for Kubernetes' own kinds only; a CRD-defined kind
-    # (the Prometheus Operator's ServiceMonitor) would be skipped with a warning, so those are
-    # left out here and checked field by field in test_service_monitors.
+    # (the Prometheus Operator's ServiceMonitor and PrometheusRule) would be skipped with a
+    # warning, so those are left out here and checked field by field in test_service_monitors
+    # and tests/deploy/test_alerts.py.
     unique = {json.dumps(o, sort_keys=True): o for o in objects}.values()  # the variants overlap
     builtin = [o for o in unique if not o["apiVersion"].startswith("monitoring.coreos.com/")]
     assert len(builtin) < len(objects), "the variants should render a ServiceMonitor too"
@@ -297,6 +306,7 @@ def test_kubernetes_validate_is_strict() -> None:
 def test_two_colours_share_no_object_name(blue: tuple[str, list[str]], green: tuple[str, list[str]]) -> None:
     everything_on = ["hpa.enabled=true", "ingress.enabled=true", "ingress.hosts={bot.example.org}"]
     everything_on += ["serviceMonitor.enabled=true", "autocoder.persistence.enabled=true"]
+    everything_on += ["dashboards.enabled=true", "prometheusRule.enabled=true"]
     renders = {
         colour: render(release, sets=[f"colour={colour}", *sets, *everything_on])
         for colour, (release, sets) in {"blue": blue, "green": green}.items()
@@ -507,7 +517,10 @@ def test_bot_config_is_mounted_as_a_directory_and_reads_as_the_services_read_it(
             assert volume["configMap"]["name"] == expected
             assert volume["configMap"]["items"] == [{"key": "bot.yaml", "path": "bot.yaml"}]
         assert readers == {"webhook", "agent", "notifier"}
-    assert not of_kind(production_objects(), "ConfigMap")  # the existing one (the operator's)
+    # The existing one (the operator's) is not rendered; the dashboards' ConfigMaps are.
+    assert not [
+        c for c in of_kind(production_objects(), "ConfigMap") if "-dashboard-" not in c["metadata"]["name"]
+    ]
 
 
 def test_autoscalers_and_disruption_budgets() -> None:
@@ -558,7 +571,14 @@ def test_service_monitors() -> None:
             targets = [s for s in services if selects(spec["selector"], s["metadata"]["labels"])]
             assert len(targets) == 1, f"{name}: {monitor['metadata']['name']} selects {len(targets)} Services"
             for endpoint in spec["endpoints"]:
-                assert set(endpoint) == {"port", "path", "scheme", "interval", "scrapeTimeout"}
+                assert set(endpoint) == {"port", "path", "scheme", "interval", "scrapeTimeout", "relabelings"}
+                # The pod's labels the dashboards and alerts group by, on every series.
+                assert {(r["sourceLabels"][0], r["targetLabel"]) for r in endpoint["relabelings"]} == {
+                    ("__meta_kubernetes_pod_label_colour", "colour"),
+                    ("__meta_kubernetes_pod_label_app_kubernetes_io_component", "component"),
+                    ("__meta_kubernetes_pod_label_whatsappcoder_dev_bot", "bot"),
+                }
+                assert all(set(r) == {"sourceLabels", "targetLabel"} for r in endpoint["relabelings"])
                 assert endpoint["path"] == "/metrics" and endpoint["scheme"] == "http"
                 assert re.fullmatch(r"\d+(ms|s|m|h)", endpoint["interval"])
                 port = next(p for p in targets[0]["spec"]["ports"] if p["name"] == endpoint["port"])
