@@ -177,6 +177,8 @@ def test_the_notifier_counts_twilio_sends_and_its_outbox(
 
     sends = MESSAGES + delta(conversation, "agent", "wacoder_agent_progress_messages_total")
     assert moved("wacoder_notifier_queued_total") == sends
+    # From the webhook to Twilio: one observation per reply, none for progress messages.
+    assert moved("wacoder_notifier_end_to_end_seconds_count") == MESSAGES
     assert moved("wacoder_notifier_twilio_sends_total", status="accepted") >= sends  # long texts go in parts
     assert moved("wacoder_notifier_dead_letters_total") == 0
     assert moved("wacoder_notifier_duplicates_dropped_total") == 0

@@ -33,7 +33,9 @@ OUTSIDE_WINDOW_ERROR = "63016"
 # KEYS[1] delivery hash, KEYS[2] the shard's 63016 counter, KEYS[3] the recipient's parked list
 # (all three in the recipient's slot).
 # ARGV: ttl, (unused), parked ttl, now, status ('' = none), error code ('' = none),
-#       then field/value pairs set unconditionally (metadata from the notifier).
+#       then field/value pairs set unconditionally (metadata from the notifier, `traceparent`
+#       among them when the send was traced).
+# Returns {0 unchanged / 1 applied / 2 applied and parked, the send's traceparent or ''}.
 _APPLY = """
 local rank = {accepted=0, scheduled=0, queued=0, sending=1, sent=2,
               failed=3, undelivered=3, delivered=4, read=5}
@@ -64,10 +66,11 @@ if (st == 'failed' or st == 'undelivered')
     redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]))
     redis.call('HSET', key, 'parked', '1')
     redis.call('INCR', KEYS[2])
-    return 2
+    applied = 2
   end
 end
-return applied
+-- The send's trace (if the notifier traced it), for the status callback's span to link to.
+return {applied, redis.call('HGET', key, 'traceparent') or ''}
 """
 _APPLY_SHA = hashlib.sha1(_APPLY.encode()).hexdigest()
 
@@ -87,26 +90,30 @@ def _keys(to_hash: str, sid: str) -> list[str]:
     ]
 
 
-async def record_status(redis: Store, form: Mapping[str, str], hash_salt: str) -> None:
+async def record_status(redis: Store, form: Mapping[str, str], hash_salt: str) -> str:
     """Records one Twilio status callback (`MessageSid`, `MessageStatus`, `ErrorCode`, and `To`,
     whose hash places the record in its recipient's slot).
 
     Statuses only move forward; a 63016 failure parks the message for its recipient and is
-    counted. Unknown or empty fields are ignored; one Redis round trip.
+    counted. Unknown or empty fields are ignored; one Redis round trip. Returns the
+    `traceparent` of the send the notifier recorded for this message ("" if none, or if the
+    callback came first), for the callback's span to link to.
     """
     sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
     status = (form.get("MessageStatus") or form.get("SmsStatus") or "").strip().lower()
     to = (form.get("To") or "").strip()
     if not sid or not status or not to:
-        return
+        return ""
     error_code = (form.get("ErrorCode") or "").strip()
     script_keys = _keys(phone_hash(to, hash_salt), sid)
     argv = _argv(status, error_code, {})
     try:
-        await redis.evalsha(_APPLY_SHA, len(script_keys), *script_keys, *argv)
+        reply = await redis.evalsha(_APPLY_SHA, len(script_keys), *script_keys, *argv)
     except NoScriptError:
         # First use on this Redis (or after a restart/SCRIPT FLUSH): EVAL also caches it.
-        await redis.eval(_APPLY, len(script_keys), *script_keys, *argv)
+        reply = await redis.eval(_APPLY, len(script_keys), *script_keys, *argv)
+    carried = reply[1] if isinstance(reply, list) and len(reply) > 1 else ""
+    return carried.decode() if isinstance(carried, bytes) else str(carried)
 
 
 def record_accepted_args(to_hash: str, sid: str, fields: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -115,7 +122,7 @@ def record_accepted_args(to_hash: str, sid: str, fields: Mapping[str, str]) -> t
     The notifier runs it inside its own MULTI with the outbox XACK (all in the recipient's
     slot), so that "Twilio accepted" and "recorded as sent" are one atomic round trip; `fields`
     are to_hash, idempotency_key, outbox_id and payload (the outbox entry as JSON, body still
-    encrypted, for parking).
+    encrypted, for parking), and the send's traceparent when it was traced.
     """
     return _keys(to_hash, sid), _argv("queued", "", fields)
 

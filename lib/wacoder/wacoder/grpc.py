@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from wacoder import tracing
 from wacoder.metrics import ClientMetricsUnaryStream, ClientMetricsUnaryUnary, ServerMetrics
 from wacoder.settings import Settings
 
@@ -190,6 +191,8 @@ def channel(target: str, settings: Settings) -> grpc.aio.Channel:
     interceptors: list[grpc.aio.ClientInterceptor] = [
         ClientMetricsUnaryUnary(),
         ClientMetricsUnaryStream(),
+        # A client span per call, its context in the metadata (none while tracing is off).
+        *tracing.client_interceptors(),
         _TokenUnaryUnary(token),
         _TokenUnaryStream(token),
     ]
@@ -218,9 +221,10 @@ async def serve(
     grace_s: float = 5.0,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls for `grace_s` seconds."""
-    # Metrics outermost: a call the token check refuses is counted as UNAUTHENTICATED.
+    # Metrics outermost: a call the token check refuses is counted as UNAUTHENTICATED. Then the
+    # server span (none while tracing is off), continuing the caller's trace from the metadata.
     token_check = _TokenServerInterceptor(settings.secret("service_token"))
-    server = grpc.aio.server(interceptors=[ServerMetrics(), token_check])
+    server = grpc.aio.server(interceptors=[ServerMetrics(), *tracing.server_interceptors(), token_check])
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()

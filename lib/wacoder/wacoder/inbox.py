@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wacoder import keys
+from wacoder import keys, tracing
 from wacoder.crypto import StateCipher
 from wacoder.phones import phone_hash
 from wacoder.redis import Replication, Store
 from wacoder.v1 import agent_pb2
 
 # KEYS[1] = dedup mark, KEYS[2] = the sender's inbox shard (one slot: the sender's shard tag);
-# ARGV = sid, ttl, ordering key, encrypted payload.
+# ARGV = sid, ttl, ordering key, encrypted payload, traceparent ('' = none: tracing is off).
 # No MAXLEN here: a cap applied while adding would trim entries nobody has handled yet. The
 # consumer trims what the group has acknowledged (wacoder.streams).
 # A duplicate still writes (it refreshes the mark's TTL): replication is ordered, so waiting
@@ -27,7 +27,11 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) == false then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return ''
 end
-return redis.call('XADD', KEYS[2], '*', 'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4])
+if ARGV[5] == '' then
+  return redis.call('XADD', KEYS[2], '*', 'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4])
+end
+return redis.call('XADD', KEYS[2], '*', 'sid', ARGV[1], 'key', ARGV[3], 'payload', ARGV[4],
+                  'traceparent', ARGV[5])
 """
 
 
@@ -52,12 +56,15 @@ class Inbox:
         payload = self.cipher.encrypt(message.SerializeToString().hex())
         user = phone_hash(message.sender, self.hash_salt)
         seen = keys.inbound_seen(user, message.message_sid)
+        # The trace this message belongs to travels beside it (not private): the agent that
+        # handles it, now or after a restart, continues that trace (wacoder.tracing).
+        carried = tracing.traceparent()
 
         async def write(client: Store) -> str:
             reply = await self._enqueue(
                 keys=[seen, keys.inbox_stream(keys.shard_of(user))],
                 # One sender's messages are handled in order: the hashed sender is the ordering key.
-                args=[message.message_sid, keys.DEDUP_TTL_S, user, payload],
+                args=[message.message_sid, keys.DEDUP_TTL_S, user, payload, carried],
                 client=client,
             )
             return str(reply or "")

@@ -2,6 +2,9 @@
 
 Privacy by construction: log calls pass a phone number as `phone=` in `extra`, and the
 formatter writes only its hash (`phone_number_hash`). Message text is never a field.
+
+A line written while a span is current carries `trace_id` and `span_id` (hex, as trace
+backends show them), so a log line leads to its message's trace and back (ADR 0010).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from opentelemetry import trace
 
 from wacoder.phones import phone_hash
 from wacoder.settings import Settings
@@ -41,6 +46,10 @@ class JsonFormatter(logging.Formatter):
                 entry["phone_number_hash"] = phone_hash(str(value), self.salt)
             else:
                 entry[key] = value
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            entry["trace_id"] = f"{span_context.trace_id:032x}"
+            entry["span_id"] = f"{span_context.span_id:016x}"
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

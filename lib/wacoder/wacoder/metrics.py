@@ -73,7 +73,7 @@ async def metrics_route() -> Reply:
     return Reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
 
 
-def _code_name(code: Any) -> str:
+def code_name(code: Any) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     for status in grpc.StatusCode:
@@ -82,17 +82,17 @@ def _code_name(code: Any) -> str:
     return "UNKNOWN"
 
 
-def _server_code(context: grpc.aio.ServicerContext, outcome: str) -> str:
+def server_code(context: grpc.aio.ServicerContext, outcome: str) -> str:
     """The status the call ended with: the one the handler set (or aborted with), else the
     outcome seen here (OK, CANCELLED when the caller went away, UNKNOWN on an exception)."""
     code = context.code()
     if code is None or outcome == "CANCELLED":
         return outcome
-    return _code_name(code)
+    return code_name(code)
 
 
 def _observe_server(method: str, started: float, context: Any, outcome: str) -> None:
-    GRPC_SERVER_HANDLED.labels(method, _server_code(context, outcome)).inc()
+    GRPC_SERVER_HANDLED.labels(method, server_code(context, outcome)).inc()
     GRPC_SERVER_SECONDS.labels(method).observe(time.perf_counter() - started)
 
 
@@ -169,7 +169,7 @@ class _ClientMetrics:
 
         async def record() -> None:
             try:
-                code = _code_name(await call.code())
+                code = code_name(await call.code())
             except Exception:
                 code = "UNKNOWN"
             GRPC_CLIENT_HANDLED.labels(method, code).inc()

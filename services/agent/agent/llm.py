@@ -20,7 +20,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.tools import StructuredTool, ToolException
 from langchain_openai import ChatOpenAI
-from wacoder import templates
+from wacoder import templates, tracing
 from wacoder.botconfig import BotConfig, BotConfigSource
 from wacoder.settings import Settings
 from wacoder.whatsapp_text import markdown_to_whatsapp
@@ -70,16 +70,28 @@ class LlmResponder:
         agent = create_agent(model=self.model, tools=tools, system_prompt=system_prompt(turn.state))
         messages = [*memory(turn.state.history), HumanMessage(text)]
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await agent.ainvoke({"messages": messages})
-        except _LLM_ERRORS as error:
-            metrics.LLM_SECONDS.labels("error").observe(time.perf_counter() - started)
-            metrics.ERRORS.labels("llm_unavailable").inc()
-            log.warning("llm call failed", extra={"error": type(error).__name__})
-            return templates.CONNECTION
-        metrics.LLM_SECONDS.labels("ok").observe(time.perf_counter() - started)
-        count_tokens(result["messages"][len(messages) :])
+        # The whole agent run (model calls and the tool calls it makes, whose gRPC spans nest
+        # here); the model's name and token counts, never the prompt or the answer.
+        with tracing.span(
+            "agent: llm run",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.request.model": self.model.model_name,
+            },
+        ) as span:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    result = await agent.ainvoke({"messages": messages})
+            except _LLM_ERRORS as error:
+                metrics.LLM_SECONDS.labels("error").observe(time.perf_counter() - started)
+                metrics.ERRORS.labels("llm_unavailable").inc()
+                log.warning("llm call failed", extra={"error": type(error).__name__})
+                tracing.fail(span, type(error).__name__)
+                return templates.CONNECTION
+            metrics.LLM_SECONDS.labels("ok").observe(time.perf_counter() - started)
+            tokens = count_tokens(result["messages"][len(messages) :])
+            span.set_attribute("gen_ai.usage.input_tokens", tokens["input"])
+            span.set_attribute("gen_ai.usage.output_tokens", tokens["output"])
         if unavailable:
             raise unavailable[0]
         answer = result["messages"][-1]
@@ -119,14 +131,18 @@ class LlmResponder:
         return await turn.autocoder.call(turn.caller, name, **arguments)
 
 
-def count_tokens(produced: list[Any]) -> None:
-    """The tokens the model reported for the messages it produced in one run."""
+def count_tokens(produced: list[Any]) -> dict[str, int]:
+    """Counts the tokens the model reported for the messages it produced in one run; returns
+    the run's totals by kind (input, output)."""
+    totals = {"input": 0, "output": 0}
     for message in produced:
         usage = getattr(message, "usage_metadata", None) or {}
         for kind in ("input", "output"):
             tokens = usage.get(f"{kind}_tokens")
             if isinstance(tokens, int) and tokens > 0:
                 metrics.LLM_TOKENS.labels(kind).inc(tokens)
+                totals[kind] += tokens
+    return totals
 
 
 def without_idempotency_key(schema: dict[str, Any]) -> dict[str, Any]:

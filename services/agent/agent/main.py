@@ -18,6 +18,7 @@ from wacoder.ops_http import start_ops_server
 from wacoder.redis import Replication, open_redis, ping
 from wacoder.settings import Settings, service_settings
 from wacoder.streams import KeyedStreamConsumer, ShardConsumers
+from wacoder.tracing import setup_tracing
 from wacoder.v1 import agent_pb2_grpc, bridge_pb2_grpc, notifier_pb2_grpc
 
 from agent import metrics
@@ -143,6 +144,7 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = service_settings("agent")
     setup_logging(settings, "agent")
+    setup_tracing("agent")  # before the channels and the server: they trace only if it is on
     asyncio.run(serve(settings))
 
 

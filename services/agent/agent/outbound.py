@@ -16,15 +16,19 @@ class Outbound:
         self.stub = stub
         self.timeout_s = timeout_s
 
-    async def send(self, to: str, text: str, key: str) -> None:
+    async def send(self, to: str, text: str, key: str, *, accepted_at_ms: int = 0) -> None:
         """One message, however long: the notifier splits it into numbered parts of at most
         1,600 characters in one atomic write, so no other message to the same user can land
         between its parts. Raises grpc errors: the caller retries its work. A recipient the
-        notifier may not write to (not whitelisted, silent for 24 h) is final: logged, not raised."""
+        notifier may not write to (not whitelisted, silent for 24 h) is final: logged, not raised.
+
+        `accepted_at_ms`: for a reply, when the webhook accepted the message it answers (the
+        notifier's end-to-end time); 0 for progress."""
+        request = notifier_pb2.SendRequest(
+            to=to, body=text, idempotency_key=key, accepted_at_ms=accepted_at_ms
+        )
         try:
-            await self.stub.Send(
-                notifier_pb2.SendRequest(to=to, body=text, idempotency_key=key), timeout=self.timeout_s
-            )
+            await self.stub.Send(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as error:
             if error.code() is not grpc.StatusCode.PERMISSION_DENIED:
                 raise

@@ -7,14 +7,14 @@ nothing has seen yet, or resends a stored reply that the notifier de-duplicates.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass
 
+from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
-from wacoder import keys
+from wacoder import keys, tracing
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.phones import phone_hash, to_e164
@@ -58,16 +58,33 @@ class Processor:
         self.hash_salt = hash_salt
 
     async def handle(self, entry_id: str, fields: dict[str, str]) -> None:
+        # A span per attempt at the entry, continuing the trace the message carries (from the
+        # webhook, through the inbox): a message handled after a restart still joins it.
+        with tracing.span(
+            "agent: handle message",
+            kind=SpanKind.CONSUMER,
+            parent=fields.get(tracing.TRACEPARENT),
+            attributes={"messaging.system": "redis", "messaging.message.id": entry_id},
+        ) as span:
+            await self._handle(entry_id, fields, span)
+
+    async def _handle(self, entry_id: str, fields: dict[str, str], span: Span) -> None:
         message = self.inbox.decode(fields)
+        span.set_attribute("twilio.message_sid", message.message_sid)
         started = time.perf_counter()
         user = phone_hash(message.sender, self.hash_salt)
+        # The inbox entry's id is the time the webhook (or the agent) stored the message.
+        accepted_ms = _accepted_ms(entry_id)
         stored = await self.redis.get(keys.agent_replies(user, message.message_sid))
+        span.set_attribute("wacoder.redo", stored is not None)
         if stored is not None:
             # A redo (the send failed, or we crashed after committing): resend, don't recompute.
             answer = Answer.from_json(self.cipher.decrypt(stored))
         else:
             answer = await self._respond(message)
-        await self.outbound.send(message.sender, answer.text, key=f"reply:{message.message_sid}")
+        await self.outbound.send(
+            message.sender, answer.text, key=f"reply:{message.message_sid}", accepted_at_ms=accepted_ms or 0
+        )
         # Progress starts after the reply that announced the session, so it arrives after it; on
         # a redo too (starting a relay that already runs is a no-op).
         for session_id in answer.sessions:
@@ -78,9 +95,7 @@ class Processor:
         except (RedisError, OSError) as error:  # a metric is not worth failing the message for
             log.warning("active users not counted", extra={"error": type(error).__name__})
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
-        # The inbox entry's id is the time the webhook (or the agent) stored the message.
-        with contextlib.suppress(ValueError):
-            accepted_ms = int(entry_id.split("-", 1)[0])
+        if accepted_ms is not None:
             metrics.END_TO_END_SECONDS.observe(max(0.0, time.time() - accepted_ms / 1000))
         log.info(
             "message processed",
@@ -125,6 +140,14 @@ class Processor:
                 self.progress.register(pipe, session_id, message.sender, turn.caller, project)
             await pipe.execute()
         return answer
+
+
+def _accepted_ms(entry_id: str) -> int | None:
+    """When the message was stored (epoch ms): a stream entry's id starts with it."""
+    try:
+        return int(entry_id.split("-", 1)[0])
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

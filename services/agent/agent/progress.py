@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from redis.exceptions import RedisError
-from wacoder import keys
+from wacoder import keys, tracing
 from wacoder.crypto import InvalidToken, StateCipher
 from wacoder.redis import Pipe, Store
 from wacoder.v1 import bridge_pb2
@@ -92,7 +92,9 @@ class ProgressRelay:
     def start(self, shard: int, session_id: str) -> None:
         """Relays the session unless it is relayed already (so starting again is harmless)."""
         if session_id not in self._tasks:
-            task = asyncio.create_task(self._relay(shard, session_id))
+            # Outside the trace of the message that started the session: a relay lasts minutes
+            # and outlives it (its sends are traces of their own).
+            task = asyncio.create_task(self._relay(shard, session_id), context=tracing.detached())
             self._tasks[session_id] = task
             self._shard_of[session_id] = shard
 

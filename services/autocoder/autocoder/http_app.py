@@ -14,11 +14,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from mcp.server.fastmcp import FastMCP
+from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from wacoder import tracing
 
 from autocoder.signing import UrlSigner
 from autocoder.storage import Store
@@ -61,6 +63,38 @@ class BearerAuth:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class TraceRequests:
+    """A SERVER span per MCP request (POST /mcp), continuing the caller's `traceparent` header
+    (mcp-bridge sends the tool call's). Pure ASGI, like BearerAuth, and outside it, so a refused
+    request is traced too. Without tracing configured (wacoder.tracing) it is not installed.
+    The GET stream and DELETE of an MCP session are not traced: they are not work."""
+
+    def __init__(self, app: ASGIApp, path: str = "/mcp") -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        carried = headers.get(tracing.TRACEPARENT.encode(), b"").decode("latin-1")
+        attributes = {"http.request.method": "POST", "http.route": self.path, "url.path": self.path}
+        with tracing.span(
+            f"POST {self.path}", kind=SpanKind.SERVER, parent=carried, attributes=attributes
+        ) as span:
+
+            async def send_traced(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        tracing.fail(span, str(status))
+                await send(message)
+
+            await self.app(scope, receive, send_traced)
 
 
 def build_app(
@@ -115,4 +149,5 @@ def build_app(
     ]
     lifespan_cm: Callable[[Starlette], AbstractAsyncContextManager[None]] = lifespan
     app = Starlette(routes=routes, lifespan=lifespan_cm)
-    return BearerAuth(app, api_key)
+    guarded = BearerAuth(app, api_key)
+    return TraceRequests(guarded) if tracing.enabled() else guarded

@@ -21,6 +21,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
 from wacoder.settings import Settings, service_settings
+from wacoder.tracing import setup_tracing
 
 from autocoder.agents.llm import LLMGenerator
 from autocoder.agents.selection import PIPELINE_ORDER
@@ -118,6 +119,7 @@ def main() -> None:
     settings = service_settings("autocoder")
     config = AutoCoderConfig()
     setup_logging(settings, "autocoder")
+    setup_tracing("autocoder")  # before the app is built: it traces only if this is on
     app, _ = build(settings, config)
     log.info(
         "autocoder starting",

@@ -16,6 +16,7 @@ from wacoder.logs import setup_logging
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import open_redis
 from wacoder.settings import require_secrets
+from wacoder.tracing import setup_tracing
 from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
 from mcp_bridge import metrics
@@ -97,6 +98,7 @@ def main() -> None:
     settings = BridgeSettings()
     require_secrets(settings, "mcp-bridge")
     setup_logging(settings, "mcp-bridge")
+    setup_tracing("mcp-bridge")  # before the server: it traces only if this is on
     asyncio.run(run(settings))
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -38,6 +39,7 @@ import httpx
 from mcp import ClientSession, McpError
 from mcp import types as mcp_types
 from mcp.client.streamable_http import streamable_http_client
+from wacoder import tracing
 
 log = logging.getLogger("mcp_bridge.mcp_session")
 
@@ -113,6 +115,23 @@ class _WatchedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
+# `_meta.traceparent` of a JSON-RPC request as httpx serialises it. In a string value (a task
+# text) the quotes would be escaped, so only the request's own field matches.
+_META_TRACEPARENT = re.compile(rb'"traceparent"\s*:\s*"([0-9a-f-]{55})"')
+
+
+def _carry_traceparent(request: httpx.Request) -> None:
+    """Puts a tool call's trace context (its `_meta.traceparent`, set by the caller's task) in
+    the HTTP `traceparent` header as well: the SDK writes requests from a task of its own, which
+    the caller's context does not reach, and HTTP servers read the header (ADR 0010)."""
+    try:
+        found = _META_TRACEPARENT.search(request.content)
+    except httpx.RequestNotRead:  # a streamed body: not a JSON-RPC request of ours
+        return
+    if found is not None:
+        request.headers[tracing.TRACEPARENT] = found.group(1).decode()
+
+
 class _WatchedTransport(httpx.AsyncBaseTransport):
     """httpx's transport, with the tool calls' (POST) response bodies watched for breaks."""
 
@@ -121,6 +140,8 @@ class _WatchedTransport(httpx.AsyncBaseTransport):
         self._on_broken = on_broken
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and tracing.enabled():
+            _carry_traceparent(request)
         response = await self._inner.handle_async_request(request)
         if request.method != "POST":
             return response
@@ -153,7 +174,8 @@ class _Connection:
         self.dead = False
         self.in_flight: set[_Call] = set()
         self._group: anyio.abc.TaskGroup | None = None
-        self.task = asyncio.create_task(self._run(), name="mcp-connection")
+        # The connection outlives the call that opened it: it belongs to no message's trace.
+        self.task = asyncio.create_task(self._run(), name="mcp-connection", context=tracing.detached())
 
     def submit(self, call: _Call) -> None:
         if self.dead:

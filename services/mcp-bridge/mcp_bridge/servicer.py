@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
 from mcp_bridge import metrics
@@ -96,6 +97,7 @@ class McpBridgeServicer(bridge_pb2_grpc.McpBridgeServiceServicer):
             tool = metrics.tool_label(name, self.session.tools)
             metrics.CACHE.labels(tool, "miss" if hit is None else "hit").inc()
             if hit is not None:
+                trace.get_current_span().set_attribute("wacoder.cached", True)  # no AutoCoder span
                 log.info("tool call", extra={"tool": name, "caller": caller, "outcome": "cached"})
                 return bridge_pb2.CallToolResponse(result_json=hit, cached=True)
 

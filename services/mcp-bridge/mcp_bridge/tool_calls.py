@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp import types as mcp_types
+from opentelemetry.trace import SpanKind
+from wacoder import tracing
 
 from mcp_bridge.breaker import BreakerOpen, CircuitBreaker
 from mcp_bridge.mcp_session import CallTimeout, McpSession, ProtocolError, TransportFailure
@@ -131,7 +133,7 @@ class ToolCaller:
         attempt = 0
         while True:
             try:
-                result = await self.session.call_tool(name, arguments, {"caller": caller}, self.timeout_s)
+                result = await self._attempt(name, arguments, caller)
             except ProtocolError as exc:
                 return ToolOutcome(None, True, str(exc))
             except TransportFailure as exc:
@@ -145,6 +147,28 @@ class ToolCaller:
                 await asyncio.sleep(delay)
                 continue
             return outcome_of(result)
+
+    async def _attempt(self, name: str, arguments: dict[str, Any], caller: str) -> mcp_types.CallToolResult:
+        """One request to AutoCoder, as a CLIENT span whose context goes along in the request's
+        `_meta.traceparent` (and from there in its HTTP header: see mcp_session)."""
+        with tracing.span(
+            f"tools/call {name}",
+            kind=SpanKind.CLIENT,
+            attributes={"mcp.method.name": "tools/call", "gen_ai.tool.name": name},
+        ) as span:
+            meta = {"caller": caller}
+            carried = tracing.traceparent()
+            if carried:
+                meta[tracing.TRACEPARENT] = carried
+            try:
+                result = await self.session.call_tool(name, arguments, meta, self.timeout_s)
+            except (TransportFailure, CallTimeout, ProtocolError) as exc:
+                tracing.fail(span, type(exc).__name__)
+                raise
+            if result.isError:
+                span.set_attribute("error.type", "tool_error")
+                tracing.fail(span, "tool_error")
+            return result
 
 
 __all__ = ["BreakerOpen", "CallTimeout", "ToolCaller", "ToolOutcome", "Unavailable"]

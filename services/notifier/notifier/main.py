@@ -15,6 +15,7 @@ from wacoder.metrics import on_scrape
 from wacoder.ops_http import start_ops_server
 from wacoder.redis import open_redis, ping
 from wacoder.settings import service_settings
+from wacoder.tracing import setup_tracing
 from wacoder.v1 import notifier_pb2, notifier_pb2_grpc
 
 from notifier.metrics import refresh_outbox
@@ -32,6 +33,7 @@ SERVICE_NAME = notifier_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_
 async def run() -> None:
     settings = service_settings("notifier")
     setup_logging(settings, "notifier")
+    setup_tracing("notifier")  # before the server: it traces only if this is on
     redis = await open_redis(settings)
     cipher = StateCipher.from_settings(settings)
     outbox = Outbox(redis, cipher, settings)

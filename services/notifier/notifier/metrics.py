@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from wacoder import keys
 from wacoder.redis import Store
 
@@ -29,6 +29,12 @@ DUPLICATES = Counter(
 )
 QUEUED = Counter(
     "wacoder_notifier_queued_total", "Send requests queued in the outbox (one per message, not part)"
+)
+END_TO_END_SECONDS = Histogram(
+    "wacoder_notifier_end_to_end_seconds",
+    "From the webhook accepting an inbound message to Twilio accepting its reply (its last part); "
+    "replies only, not progress messages",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
 )
 OUTBOX_DEPTH = Gauge("wacoder_notifier_outbox_depth", "Outbox entries not yet sent, per shard", ["shard"])
 OUTBOX_OLDEST_AGE = Gauge(

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from wacoder import delivery, keys
+from wacoder import delivery, keys, tracing
 from wacoder.crypto import StateCipher
 from wacoder.phones import phone_hash, to_whatsapp
 from wacoder.redis import Pipe, Store
@@ -71,7 +71,10 @@ redis.call('SET', KEYS[1], joined, 'EX', tonumber(ARGV[1]))
 return {0, joined}
 """
 
-_FIELDS = ("v", "to", "to_hash", "body", "media", "key", "part", "queued_at")
+# `accepted_at`: for a reply, when the webhook accepted the message it answers (epoch ms, "" for
+# anything else); `traceparent`: the trace the send continues ("" when tracing is off). Both go
+# with the entry wherever it goes (parked, re-queued, dead-lettered); neither is private.
+_FIELDS = ("v", "to", "to_hash", "body", "media", "key", "part", "queued_at", "accepted_at", "traceparent")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,18 @@ class OutboxEntry:
     @property
     def idempotency_key(self) -> str:
         return self.fields.get("key", "")
+
+    @property
+    def last_part(self) -> bool:
+        """The entry is its message's last part (or its only one)."""
+        index, _, count = self.fields.get("part", "1/1").partition("/")
+        return index == count
+
+    @property
+    def accepted_at_ms(self) -> int | None:
+        """When the webhook accepted the message this entry replies to; None for anything else."""
+        value = self.fields.get("accepted_at", "")
+        return int(value) if value.isdigit() and int(value) > 0 else None
 
     def payload(self) -> str:
         """The entry as JSON (still encrypted), for the delivery record, parking, dead letters."""
@@ -154,17 +169,21 @@ class Outbox:
         media_urls: Sequence[str] = (),
         *,
         whitelisted: bool,
+        accepted_at_ms: int = 0,
     ) -> EnqueueResult:
         """Stores the message (split into parts) atomically; a repeat key is a duplicate; a
         recipient that is not `whitelisted` and has not written within 24 hours is refused.
 
-        Media go with the first part, so a picture and its caption arrive together.
+        Media go with the first part, so a picture and its caption arrive together. Every part
+        carries the current trace context and `accepted_at_ms` (a reply's inbound message).
         """
         address = to_whatsapp(to)
         to_hash = self.recipient_hash(address)
         parts = split_body(body) if body else [""]
         now = f"{time.time():.3f}"
         enc_to = self.cipher.encrypt(address)
+        carried = tracing.traceparent()
+        accepted_at = str(accepted_at_ms) if accepted_at_ms > 0 else ""
         argv: list[str] = [
             str(keys.OUTBOUND_SEEN_TTL_S),
             str(len(parts)),
@@ -182,6 +201,8 @@ class Outbox:
                 "key": idempotency_key,
                 "part": f"{index + 1}/{len(parts)}",
                 "queued_at": now,
+                "accepted_at": accepted_at,
+                "traceparent": carried,
             }
             for name in _FIELDS:
                 argv += [name, values[name]]
@@ -235,17 +256,18 @@ class Outbox:
         return bool(owner) and owner != entry.id
 
     async def mark_accepted(self, entry: OutboxEntry, sid: str) -> None:
-        """Twilio accepted the entry: record it and acknowledge it in one atomic round trip."""
-        script_keys, argv = delivery.record_accepted_args(
-            entry.to_hash,
-            sid,
-            {
-                "to_hash": entry.to_hash,
-                "idempotency_key": entry.idempotency_key,
-                "outbox_id": entry.id,
-                "payload": entry.payload(),
-            },
-        )
+        """Twilio accepted the entry: record it and acknowledge it in one atomic round trip.
+        The record keeps the send's trace context, for the status callbacks to link to."""
+        fields = {
+            "to_hash": entry.to_hash,
+            "idempotency_key": entry.idempotency_key,
+            "outbox_id": entry.id,
+            "payload": entry.payload(),
+        }
+        carried = tracing.traceparent()
+        if carried:
+            fields[tracing.TRACEPARENT] = carried
+        script_keys, argv = delivery.record_accepted_args(entry.to_hash, sid, fields)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.eval(delivery.APPLY_SCRIPT, len(script_keys), *script_keys, *argv)
             pipe.set(keys.outbox_sent(entry.shard, entry.id), sid, ex=keys.OUTBOX_SENT_TTL_S)

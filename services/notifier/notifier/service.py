@@ -32,7 +32,9 @@ class NotifierService(notifier_pb2_grpc.NotifierServiceServicer):
         key = request.idempotency_key or f"anon:{uuid.uuid4()}"
         try:
             whitelisted = self.config.current.is_allowed(to)
-            result = await self.outbox.enqueue(to, request.body, key, media, whitelisted=whitelisted)
+            result = await self.outbox.enqueue(
+                to, request.body, key, media, whitelisted=whitelisted, accepted_at_ms=request.accepted_at_ms
+            )
         except (RedisError, OSError) as exc:
             log.warning("outbox unavailable", extra={"phone": to, "error": type(exc).__name__})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "outbox unavailable, retry later")

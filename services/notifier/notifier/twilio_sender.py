@@ -16,15 +16,19 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry.trace import Span, SpanKind
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
+from wacoder import tracing
 from wacoder.settings import Settings
 
 from notifier.backoff import parse_retry_after
@@ -141,6 +145,24 @@ class FindOutcome:
     error: SendOutcome | None = None
 
 
+# How a span names the Messages API: its route, not the URL (whose Account SID is ours to keep).
+_MESSAGES_ROUTE = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
+
+
+def _describe(span: Span, outcome: SendOutcome) -> None:
+    """What the SRE reading the trace needs: the HTTP status and Twilio's error code."""
+    if outcome.status is not None:
+        span.set_attribute("http.response.status_code", outcome.status)
+    if outcome.error_code is not None:
+        span.set_attribute("twilio.error_code", outcome.error_code)
+    if outcome.sid is not None:
+        span.set_attribute("twilio.message_sid", outcome.sid)  # what the status callbacks name
+    if not outcome.accepted:
+        error = str(outcome.status) if outcome.status is not None else outcome.detail or "no_answer"
+        span.set_attribute("error.type", error)
+        tracing.fail(span, error)
+
+
 class TwilioSender:
     def __init__(self, settings: Settings) -> None:
         self.timeout_s = settings.notifier_twilio_timeout_s
@@ -156,8 +178,29 @@ class TwilioSender:
             else {"from_": settings.twilio_whatsapp_number}
         )
         self.status_callback = settings.public_base_url.rstrip("/") + "/webhook/status"
+        self.server_address = urlsplit(settings.twilio_api_base_url).hostname or ""
 
     async def send(self, to: str, body: str, media_urls: Sequence[str] = ()) -> SendOutcome:
+        """One POST to the Messages API, as a CLIENT span with its HTTP status and Twilio's
+        error code (the recipient and the text stay out of it)."""
+        with self._span("POST", _MESSAGES_ROUTE) as span:
+            outcome = await self._send(to, body, media_urls)
+            _describe(span, outcome)
+            return outcome
+
+    def _span(self, method: str, route: str) -> AbstractContextManager[Span]:
+        return tracing.span(
+            f"{method} {route}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": method,
+                "url.template": route,
+                "server.address": self.server_address,
+                "peer.service": "twilio",
+            },
+        )
+
+    async def _send(self, to: str, body: str, media_urls: Sequence[str]) -> SendOutcome:
         box = _Captured()
         token = _captured.set(box)
         kwargs: dict[str, Any] = {"to": to, **self.sender, "status_callback": self.status_callback}
@@ -190,6 +233,16 @@ class TwilioSender:
         Twilio's DateSent filter works on whole days (the client sends `DateSent>=` with the
         datetime, Twilio reads the date), so the exact bound is applied here on date_created.
         """
+        with self._span("GET", _MESSAGES_ROUTE) as span:
+            found = await self._find_accepted(to, body, since)
+            if found.error is not None:
+                _describe(span, found.error)
+            else:
+                span.set_attribute("http.response.status_code", 200)
+                span.set_attribute("wacoder.matches", len(found.sids))
+            return found
+
+    async def _find_accepted(self, to: str, body: str, since: float) -> FindOutcome:
         bound = math.floor(since - CLOCK_SKEW_S)
         day = datetime.fromtimestamp(bound, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         box = _Captured()

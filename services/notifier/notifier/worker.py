@@ -25,8 +25,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
+from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
-from wacoder import keys
+from wacoder import keys, tracing
 from wacoder.crypto import InvalidToken
 from wacoder.redis import Store
 from wacoder.settings import Settings
@@ -95,9 +96,29 @@ class OutboxWorker:
         )
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> Outcome:
-        finished = await self._process(OutboxEntry(entry_id, dict(fields)))
+        entry = OutboxEntry(entry_id, dict(fields))
+        # A span per send, continuing the trace the entry carries (the agent's reply, through
+        # Send); the Twilio requests are its children.
+        with tracing.span(
+            "notifier: send",
+            kind=SpanKind.CONSUMER,
+            parent=entry.fields.get(tracing.TRACEPARENT),
+            attributes={
+                "messaging.system": "redis",
+                "messaging.message.id": entry_id,
+                "wacoder.part": entry.fields.get("part", ""),
+            },
+        ):
+            finished = await self._process(entry)
         # Every final write acknowledged the entry itself, atomically with its record.
         return Outcome.ACKNOWLEDGED if finished else Outcome.KEEP_PENDING
+
+    @staticmethod
+    def _accepted(entry: OutboxEntry) -> None:
+        """Twilio has the entry: a reply's last part ends the way from the webhook to Twilio."""
+        accepted_at_ms = entry.accepted_at_ms
+        if accepted_at_ms is not None and entry.last_part:
+            metrics.END_TO_END_SECONDS.observe(max(0.0, time.time() - accepted_at_ms / 1000))
 
     async def _process(self, entry: OutboxEntry) -> bool:
         """Sends one entry to a final state. False when stopping interrupted it (still pending)."""
@@ -125,9 +146,11 @@ class OutboxWorker:
                     if found.interrupted:
                         return False
                     if found.sid is not None:
-                        return await self._finish(
+                        finished = await self._finish(
                             partial(self.outbox.mark_accepted, entry, found.sid), must=True
                         )
+                        self._accepted(entry)
+                        return finished
                     outcome = found.error  # None: Twilio does not have it, send it now
                 first_look = False
                 if outcome is None:
@@ -161,7 +184,11 @@ class OutboxWorker:
                     },
                 )
                 # Twilio has it: from here on, only recording is left, never a second send.
-                return await self._finish(partial(self.outbox.mark_accepted, entry, outcome.sid), must=True)
+                finished = await self._finish(
+                    partial(self.outbox.mark_accepted, entry, outcome.sid), must=True
+                )
+                self._accepted(entry)
+                return finished
             if outcome.outside_window:
                 log.info(
                     "recipient outside the 24h window; parked",

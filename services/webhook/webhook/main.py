@@ -16,6 +16,7 @@ from wacoder.inbox import Inbox
 from wacoder.logs import setup_logging
 from wacoder.redis import Replication, open_redis
 from wacoder.settings import Settings, service_settings
+from wacoder.tracing import setup_tracing
 from wacoder.v1 import agent_pb2_grpc
 
 from webhook.admission import Gate
@@ -66,6 +67,11 @@ def create_app(settings: Settings) -> FastAPI:
         description="Twilio WhatsApp webhooks in; everything else happens behind gRPC.",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry spans are off: the routes make theirs (webhook.routes), so
+        # that a trace starts at our span (never at a `traceparent` anyone on the Internet
+        # sends), only Twilio's requests are traced (not every probe), and nothing a request
+        # brings becomes an attribute unchecked (ADR 0010).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.include_router(router)
     return app
@@ -74,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
 def main() -> None:
     settings = service_settings("webhook")
     setup_logging(settings, "webhook")
+    setup_tracing("webhook")  # before the channels are made: they trace only if it is on
     uvicorn.run(
         create_app(settings),
         host=settings.webhook_host,

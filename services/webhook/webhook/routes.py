@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
-from wacoder import templates
+from wacoder import templates, tracing
 from wacoder.delivery import record_status
 from wacoder.phones import to_e164
 from wacoder.redis import Store, ping
@@ -48,25 +50,48 @@ def _plain(status_code: int, text: str) -> Response:
     return Response(text, status_code=status_code, media_type="text/plain")
 
 
+def _server_span(route: str) -> AbstractContextManager[Span]:
+    """The SERVER span of one Twilio request: the root of its trace (Twilio sends no context)."""
+    return tracing.span(
+        f"POST {route}",
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "POST", "http.route": route, "url.path": route},
+    )
+
+
+def _answered(span: Span, response: Response, outcome: str) -> Response:
+    span.set_attribute("http.response.status_code", response.status_code)
+    span.set_attribute("wacoder.outcome", outcome)
+    return response
+
+
 @router.post("/webhook/whatsapp", summary="Twilio's incoming-message webhook")
 async def whatsapp(request: Request) -> Response:
+    # One trace per message starts here; the message carries it on (gRPC, the inbox entry).
+    with _server_span("/webhook/whatsapp") as span:
+        return await _whatsapp(request, span)
+
+
+async def _whatsapp(request: Request, span: Span) -> Response:
     started = time.perf_counter()
     deps = _deps(request)
     try:
         form = await read_form(request)
         if not deps.signatures.is_valid(request, form):
             REQUESTS.labels("bad_signature").inc()
-            return _plain(403, "forbidden")
+            return _answered(span, _plain(403, "forbidden"), "bad_signature")
         message = inbound_message(form)
     except FormRejected as rejected:
         REQUESTS.labels("bad_request").inc()
-        return _plain(rejected.status, rejected.reason)
+        return _answered(span, _plain(rejected.status, rejected.reason), "bad_request")
 
+    # Twilio's id of the message (signed, not private): how an SRE finds this trace.
+    span.set_attribute("twilio.message_sid", message.message_sid)
     phone = to_e164(message.sender)
     try:
         verdict = await deps.gate.admit(phone, message.message_sid)
         if verdict in REFUSALS:
-            return _refusal(verdict, phone)
+            return _answered(span, _refusal(verdict, phone), REFUSALS[verdict][0])
         # A replay is stored again too: storing is idempotent, and it waits for a Redis replica
         # to hold the message (ADR 0007), which the first attempt (answered 503) may not have.
         if verdict in (Admission.OK, Admission.DUPLICATE):
@@ -75,10 +100,12 @@ async def whatsapp(request: Request) -> Response:
         # Nothing was stored: 503 tells Twilio the message was not accepted.
         REQUESTS.labels("unavailable").inc()
         log.error("redis unavailable, message refused with 503", extra={"error": repr(error)})
-        return _plain(503, "temporarily unavailable")
-    REQUESTS.labels("accepted" if verdict is Admission.OK else "duplicate").inc()
+        tracing.fail(span, type(error).__name__)
+        return _answered(span, _plain(503, "temporarily unavailable"), "unavailable")
+    outcome = "accepted" if verdict is Admission.OK else "duplicate"
+    REQUESTS.labels(outcome).inc()
     LATENCY.observe(time.perf_counter() - started)
-    return twiml.empty()
+    return _answered(span, twiml.empty(), outcome)
 
 
 # A refusal: the outcome it is counted as, and what the user hears (once per window).
@@ -102,22 +129,35 @@ def _refusal(verdict: Admission, phone: str) -> Response:
 
 @router.post("/webhook/status", summary="Twilio's delivery-status callback")
 async def status(request: Request) -> Response:
+    # A trace of its own, linked to the send of the message it reports on.
+    with _server_span("/webhook/status") as span:
+        return await _status(request, span)
+
+
+async def _status(request: Request, span: Span) -> Response:
     deps = _deps(request)
     try:
         form = await read_form(request)
         if not deps.signatures.is_valid(request, form):
-            return _plain(403, "forbidden")
+            return _answered(span, _plain(403, "forbidden"), "bad_signature")
         # `To` (the recipient) places the delivery record in its recipient's slot.
         required(form, "MessageSid", "MessageStatus", "To")
     except FormRejected as rejected:
-        return _plain(rejected.status, rejected.reason)
+        return _answered(span, _plain(rejected.status, rejected.reason), "bad_request")
+    label = status_label(form["MessageStatus"])
+    span.set_attribute("twilio.message_sid", form["MessageSid"])
+    span.set_attribute("twilio.message_status", label)
     try:
-        await record_status(deps.redis, form, deps.hash_salt)
-    except RedisError:
+        send = await record_status(deps.redis, form, deps.hash_salt)
+    except RedisError as error:
         # Twilio retries a callback that failed; nothing is lost by refusing it now.
-        return _plain(503, "temporarily unavailable")
-    STATUS_CALLBACKS.labels(status_label(form["MessageStatus"])).inc()
-    return Response(status_code=204)
+        tracing.fail(span, type(error).__name__)
+        return _answered(span, _plain(503, "temporarily unavailable"), "unavailable")
+    link = tracing.link_to(send)
+    if link is not None:
+        span.add_link(link.context)
+    STATUS_CALLBACKS.labels(label).inc()
+    return _answered(span, Response(status_code=204), "recorded")
 
 
 @router.get("/livez", summary="200 while the process answers (Kubernetes liveness)")

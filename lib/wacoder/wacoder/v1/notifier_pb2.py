@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19wacoder/v1/notifier.proto\x12\nwacoder.v1\"T\n\x0bSendRequest\x12\n\n\x02to\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x12\n\nmedia_urls\x18\x04 \x03(\t\"5\n\x0cSendResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x12\n\noutbox_ids\x18\x02 \x03(\t2L\n\x0fNotifierService\x12\x39\n\x04Send\x12\x17.wacoder.v1.SendRequest\x1a\x18.wacoder.v1.SendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19wacoder/v1/notifier.proto\x12\nwacoder.v1\"l\n\x0bSendRequest\x12\n\n\x02to\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x12\n\nmedia_urls\x18\x04 \x03(\t\x12\x16\n\x0e\x61\x63\x63\x65pted_at_ms\x18\x05 \x01(\x03\"5\n\x0cSendResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x12\n\noutbox_ids\x18\x02 \x03(\t2L\n\x0fNotifierService\x12\x39\n\x04Send\x12\x17.wacoder.v1.SendRequest\x1a\x18.wacoder.v1.SendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wacoder.v1.notifier_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SENDREQUEST']._serialized_start=41
-  _globals['_SENDREQUEST']._serialized_end=125
-  _globals['_SENDRESPONSE']._serialized_start=127
-  _globals['_SENDRESPONSE']._serialized_end=180
-  _globals['_NOTIFIERSERVICE']._serialized_start=182
-  _globals['_NOTIFIERSERVICE']._serialized_end=258
+  _globals['_SENDREQUEST']._serialized_end=149
+  _globals['_SENDRESPONSE']._serialized_start=151
+  _globals['_SENDRESPONSE']._serialized_end=204
+  _globals['_NOTIFIERSERVICE']._serialized_start=206
+  _globals['_NOTIFIERSERVICE']._serialized_end=282
 # @@protoc_insertion_point(module_scope)

@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SendRequest(_message.Message):
-    __slots__ = ("to", "body", "idempotency_key", "media_urls")
+    __slots__ = ("to", "body", "idempotency_key", "media_urls", "accepted_at_ms")
     TO_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     MEDIA_URLS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     to: str
     body: str
     idempotency_key: str
     media_urls: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, to: _Optional[str] = ..., body: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., media_urls: _Optional[_Iterable[str]] = ...) -> None: ...
+    accepted_at_ms: int
+    def __init__(self, to: _Optional[str] = ..., body: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., media_urls: _Optional[_Iterable[str]] = ..., accepted_at_ms: _Optional[int] = ...) -> None: ...
 
 class SendResponse(_message.Message):
     __slots__ = ("duplicate", "outbox_ids")
