@@ -84,6 +84,7 @@ IN_PROCESS = {
     "tests/autocoder/test_bounded.py",
     "tests/lib/test_grpc_metrics.py",
     "tests/lib/test_grpc_targets.py",
+    "tests/lib/test_tracing.py",
     "tests/lib/test_waiting.py",
     "tests/operator/test_rollout.py",
     "tests/test_protos.py",
