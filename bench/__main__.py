@@ -44,6 +44,9 @@ def parse(argv: list[str]) -> run.Options:
         metavar="KEY=VALUE",
         help="more environment for the Messaging Service stack (e.g. how the notifier learns the pool)",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the webhook, agent and notifier during the ack burst"
+    )
     parser.add_argument("--log-level", help="LOG_LEVEL of the services (default: theirs, as make run)")
     parser.add_argument("--json", type=Path, help="write the figures here (default: .run/bench/latest.json)")
     args = parser.parse_args(argv)
@@ -56,6 +59,7 @@ def parse(argv: list[str]) -> run.Options:
         "pool_senders": args.pool_senders,
         "log_level": args.log_level,
         "json_path": args.json,
+        "profile": args.profile or None,
     }
     chosen = {k: v for k, v in given.items() if v is not None}
     chosen["pool_env"] = tuple(args.pool_env)

@@ -53,12 +53,14 @@ from bench.measure import (
     statistics_ms,
     steady_rate,
 )
+from bench.profile import Profiler
 from tests.harness import ACCOUNT_SID, AUTH_TOKEN, RedisServer, TwilioSim, inbound, stack_env, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / ".run" / "bench"
 LATEST = OUT_DIR / "latest.json"
 SERVICES = ("webhook", "agent", "mcp-bridge", "notifier", "autocoder")
+PROFILED = ("webhook", "agent", "notifier")  # the ones a "/help" keeps busy
 FREE_TEXT = "what projects do I have?"
 PATH = "/webhook/whatsapp"
 # Twilio's default WhatsApp throughput per sender; the notifier's NOTIFIER_SEND_RATE_PER_S.
@@ -80,6 +82,7 @@ class Options:
     warmup: int = 100
     quick: bool = False
     json_path: Path | None = None
+    profile: bool = False  # py-spy the hot services during the ack burst (their figures then suffer)
 
     @classmethod
     def quick_run(cls, **overrides: Any) -> Options:
@@ -392,12 +395,20 @@ class Bench:
         assert self.sim is not None
         self.sim.clear()
         requests = load.prepare(self.url, self.forms(phones, self.o.messages, "/help"), AUTH_TOKEN)
+        profiler = None
+        if self.o.profile and name == "ack":
+            hot = {k: v for k, v in self.roots().items() if k in PROFILED}
+            profiler = Profiler(hot, OUT_DIR / "profiles")
+            profiler.start()
+            time.sleep(1.0)  # py-spy attached before the load starts
         meter = self.meter(SERVICES)
         meter.start()
         result = asyncio.run(load.closed_loop(self.url, requests, self.o.concurrency))
         expected = len(requests) * self.help_parts
         arrived = self.sim.wait_count(expected, timeout_s=max(60.0, expected / 20))
         cost = meter.stop(len(requests))
+        if profiler is not None:
+            self.results["profiles"] = profiler.stop()
         self.check_acks(result, len(requests), name)
         replies = self.check_replies(requests, name, complete=arrived)
         arrivals = [float(m["received_at"]) for m in replies]
@@ -856,6 +867,21 @@ def report(results: dict[str, Any], options: Options) -> dict[str, Any]:
         f"the machine (up to {others:.2f} cores busy elsewhere during the ack phases); steady: CPU ms/msg "
         "(/proc utime+stime) and Redis commands/msg"
     )
+    for service, summary in results.get("profiles", {}).items():
+        if "error" in summary:
+            print(f"profile {service}: {summary['error']}")
+            continue
+        print(
+            f"profile {service} ({summary['samples']} samples on CPU during the ack burst; {summary['raw']}):"
+        )
+        for title, key in (
+            ("self", "self_percent"),
+            ("by package", "package_percent"),
+            ("own code, deepest frame", "own_code_deepest_percent"),
+            ("own code, inclusive", "own_code_inclusive_percent"),
+        ):
+            shares = "; ".join(f"{frame} {pct:.0f}%" for frame, pct in list(summary[key].items())[:6])
+            print(f"  {title}: {shares}")
     for item in results["not_measured"]:
         print(f"not measured: {item['figure']}: {item['why']}")
     return {"figures": [f.as_dict() for f in found]}
@@ -894,6 +920,8 @@ def main(options: Options) -> dict[str, Any]:
         + (" (--quick)" if options.quick else "")
     )
     results = bench.run()
+    if options.profile:
+        bench.notes.append("--profile: py-spy sampled the services during the ack burst; its figures suffer")
     if options.quick:
         bench.notes.append(
             "--quick: a smoke run; its sustained tries are too short to use up the notifier's one-second "
