@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from devtools.stack import Stack, free_port
+from devtools.stack import Stack, free_port, settings_for
 from wacoder import keys
 from wacoder.settings import Settings
 
@@ -261,6 +261,9 @@ class Bench:
         began = time.perf_counter()
         self.stack = Stack(env, log_dir=self.log_dir)
         self.stack.start()
+        # The stream names the services use (STREAM_SHARDS, QUEUE_NAMESPACE), for the depth sampler.
+        settings = settings_for(env)
+        keys.configure(settings.stream_shards, settings.queue_namespace)
         pids = ", ".join(f"{name} {p.proc.pid}" for name, p in self.stack.processes.items() if p.proc)
         say(f"stack ready in {time.perf_counter() - began:.1f} s (pids: {pids}; logs in {rel(self.log_dir)})")
 
@@ -414,7 +417,7 @@ class Bench:
         arrivals = [float(m["received_at"]) for m in replies]
         first_post = min(o.sent_at for o in result.outcomes)
         drain = steady_rate(arrivals)
-        phase = {
+        phase: dict[str, Any] = {
             "messages": len(requests),
             "senders": len(set(phones)),
             "concurrency": self.o.concurrency,
