@@ -1,97 +1,103 @@
 """`make chat`: talk to the local bot from a terminal, as a whitelisted WhatsApp user.
 
-It plays both sides of Twilio: it signs what you type and posts it to the webhook the way
-Twilio does, and it serves the Messages API that `make run` sends replies to, printing
-each reply as it arrives.
+It is a terminal for the WhatsApp simulator (devtools.simulator), which plays both sides of
+Twilio: what you type is signed and posted to the webhook the way Twilio posts it, and the
+replies the notifier sends to the simulator's Messages API are printed as they arrive. `make run`
+runs the simulator; without one answering, `make chat` serves it itself (the same code).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import secrets
+import json
 import sys
-from typing import Any
-from urllib.parse import urlparse
+from contextlib import suppress
 
 import httpx
-import uvicorn
-from twilio.request_validator import RequestValidator
 
-from devtools.devenv import CHAT_TWILIO_URL, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, chat_phone, configured
-from devtools.twilio_sim import SimState, build_app
+from devtools.devenv import chat_phone, configured
+from devtools.simulator import page_url, server, simulator_state
 
 BOT = "\033[1;32mbot\033[0m"
+YOU = "\033[1myou\033[0m"
 
 
-def show_reply(message: dict[str, Any]) -> None:
-    print(f"\r{BOT}: {message['body']}\n\033[1myou\033[0m: ", end="", flush=True)
+def show(text: str) -> None:
+    print(f"\r{BOT}: {text}\n{YOU}: ", end="", flush=True)
 
 
-async def post(client: httpx.AsyncClient, url: str, token: str, form: dict[str, str]) -> None:
-    signature = RequestValidator(token).compute_signature(url, form)
+async def listen(client: httpx.AsyncClient, url: str, phone: str) -> None:
+    """Prints the bot's messages to `phone` as the simulator's event stream tells them."""
+    async with client.stream("GET", f"{url}/_sim/events", timeout=None) as events:
+        async for line in events.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event["type"] == "outbound" and event["message"]["to"] == f"whatsapp:{phone}":
+                show(event["message"]["body"])
+
+
+async def answers(client: httpx.AsyncClient, url: str) -> bool:
     try:
-        answer = await client.post(url, data=form, headers={"X-Twilio-Signature": signature})
-    except httpx.HTTPError as error:
-        print(f"(the webhook at {url} is not answering: {error}. Is `make run` running?)")
-        return
-    if answer.status_code != 200:
-        print(f"(webhook answered {answer.status_code}: {answer.text[:200]})")
-    elif match := re.search(r"<Message>(.*)</Message>", answer.text, re.S):
-        print(f"{BOT}: {match.group(1)}")
+        return (await client.get(f"{url}/_sim/config", timeout=2)).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 async def chat() -> None:
     env = configured()
-    sid = env.get("TWILIO_ACCOUNT_SID", DEV_ACCOUNT_SID)
-    token = env.get("TWILIO_AUTH_TOKEN", DEV_AUTH_TOKEN)
-    api = urlparse(env.get("TWILIO_API_BASE_URL", CHAT_TWILIO_URL))
-    webhook = env.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/") + "/webhook/whatsapp"
     phone = chat_phone(env)
-    bot_number = env.get("TWILIO_WHATSAPP_NUMBER", "whatsapp:+14155238886")
+    url = page_url(env)
+    serving: asyncio.Task[None] | None = None
+    async with httpx.AsyncClient(timeout=20) as client:
+        if not await answers(client, url):
+            state = simulator_state(env)
+            try:
+                own, sockets = server(state, env)
+            except OSError as error:
+                print(f"(no simulator at {url}, and none can start here: {error})")
+                return
+            # The sockets listen already: a request made before it serves waits in their backlog.
+            serving = asyncio.create_task(own.serve(sockets=sockets))
+        listening = asyncio.create_task(listen(client, url, phone))
+        print(f"Chatting as whatsapp:{phone}; the page is {url}. /help to start, Ctrl-D to quit.")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                print(f"{YOU}: ", end="", flush=True)
+                line = await loop.run_in_executor(None, sys.stdin.readline)
+                if not line:
+                    break
+                if line.strip():
+                    await say(client, url, phone, line.rstrip("\n"))
+        finally:
+            listening.cancel()
+            with suppress(asyncio.CancelledError, httpx.HTTPError):
+                await listening
+            if serving is not None:
+                own.should_exit = True
+                await serving
 
-    state = SimState(sid, token, status_callbacks=True, on_message=show_reply)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(state), host=api.hostname or "127.0.0.1", port=api.port or 80, log_level="warning"
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    print(
-        f"Chatting as whatsapp:{phone} with {webhook}. Replies arrive here. /help to start, Ctrl-D to quit."
-    )
-    loop = asyncio.get_running_loop()
-    async with httpx.AsyncClient(timeout=10) as client:
-        while True:
-            print("\033[1myou\033[0m: ", end="", flush=True)
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                break
-            if not line.strip():
-                continue
-            form = {
-                "MessageSid": f"SM{secrets.token_hex(16)}",
-                "AccountSid": sid,
-                "From": f"whatsapp:{phone}",
-                "To": bot_number,
-                "Body": line.rstrip("\n"),
-                "NumMedia": "0",
-                "ProfileName": "chat",
-                "WaId": phone.lstrip("+"),
-                "SmsStatus": "received",
-                "ApiVersion": "2010-04-01",
-                "NumSegments": "1",
-            }
-            await post(client, webhook, token, form)
-    server.should_exit = True
-    await serving
+
+async def say(client: httpx.AsyncClient, url: str, phone: str, text: str) -> None:
+    try:
+        answer = await client.post(f"{url}/_sim/send", data={"phone": phone, "body": text})
+    except httpx.HTTPError as error:
+        print(f"(the simulator at {url} is not answering: {error})")
+        return
+    if answer.status_code != 200:
+        print(f"(not sent: {answer.text[:200]})")
+        return
+    sent = answer.json()
+    if sent["status"] == "failed":
+        print(f"(the webhook answered {sent['answer'] or 'nothing'}: is `make run` running?)")
+    elif sent["reply"]:
+        print(f"{BOT}: {sent['reply']}")
 
 
 def main() -> None:
-    try:
+    with suppress(KeyboardInterrupt):
         asyncio.run(chat())
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

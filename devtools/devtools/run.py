@@ -6,6 +6,9 @@ a service's /readyz are reported.
 
 REPLICAS=N runs N processes each of the agent, mcp-bridge and notifier (the others dial them
 all, round robin); each replica is supervised and restarted on its own.
+
+Without a Twilio account it also runs the WhatsApp simulator (devtools.simulator): the page at
+http://127.0.0.1:8080 (SIMULATOR_PORT) and the Twilio Messages API the notifier sends to.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 from devtools.devenv import GENERATED_SECRETS, RUN_DIR, chat_phone, configured, dev_defaults
 from devtools.embedded_redis import EmbeddedRedis
-from devtools.stack import REPLICATED, Stack
+from devtools.simulator import SIMULATOR_PORT, api_port, page_url
+from devtools.stack import REPLICATED, ServiceProcess, ServiceSpec, Stack, port_open
 
 RESTART_BACKOFF_MAX_S = 30.0
 # A live process answers /livez at once; one that has not for this long is hung (a blocked
@@ -58,15 +64,22 @@ def main() -> None:
     log_dir = RUN_DIR / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(env, log_dir=log_dir, replicas=count)
+    simulator: ServiceProcess | None = None
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
+        simulator = simulator_process(env, log_dir)
+        processes = {**({"simulator": simulator} if simulator else {}), **stack.processes}
         if count > 1:
             say(f"REPLICAS={count}: {count} processes each of {', '.join(REPLICATED)}, called round robin")
+        if simulator is not None:
+            # First: the notifier's first replies go to its Messages API.
+            simulator.start()
+            simulator.wait_ready()
         stack.start()
-        width = max(11, *(len(name) for name in stack.processes))
-        for name, process in stack.processes.items():
+        width = max(11, *(len(name) for name in processes))
+        for name, process in processes.items():
             pid = process.proc.pid if process.proc else "?"
             say(
                 f"{name:<{width}} pid {pid} on {process.host}:{process.port}"
@@ -76,34 +89,59 @@ def main() -> None:
         say(
             f"logs in {log_dir}/ ; webhook at {env.get('PUBLIC_BASE_URL', 'http://127.0.0.1:8000')}/webhook/whatsapp"
         )
-        say(
-            f"next: in another terminal run `make chat` to talk to the bot as {chat_phone(env)} "
-            f"(replies arrive through the local Twilio stand-in at {env.get('TWILIO_API_BASE_URL')})."
-        )
+        if simulator is not None:
+            say(f"WhatsApp simulator: open {page_url(env)} to chat with the bot as a WhatsApp user")
+            say(
+                f"next: open the page, or run `make chat` in another terminal to talk to the bot as "
+                f"{chat_phone(env)} (replies arrive through the simulator's Twilio Messages API at "
+                f"{env.get('TWILIO_API_BASE_URL')})."
+            )
+        else:
+            say(
+                f"replies go to Twilio at {env.get('TWILIO_API_BASE_URL', 'https://api.twilio.com')}: "
+                "no simulator page (`make chat` needs the local Twilio stand-in)"
+            )
         say("Ctrl-C stops everything.")
-        supervise(stack, stopping)
+        supervise(processes, stopping)
     finally:
         say("stopping...")
         stack.stop()
+        if simulator is not None:
+            simulator.stop()
         if redis is not None:
             redis.stop()
         say("stopped.")
 
 
-def supervise(stack: Stack, stopping: threading.Event) -> None:
-    backoff = {name: 1.0 for name in stack.processes}
-    started_at = {name: time.monotonic() for name in stack.processes}
+def simulator_process(env: Mapping[str, str], log_dir: Path) -> ServiceProcess | None:
+    """The WhatsApp simulator, when replies go to a Twilio on this machine (no account given)."""
+    if api_port(env) is None:
+        return None
+    port = int(env.get("SIMULATOR_PORT", SIMULATOR_PORT))
+    busy = [p for p in {port, api_port(env)} if p is not None and port_open("127.0.0.1", p)]
+    if busy:
+        raise SystemExit(
+            f"[make run] port(s) {', '.join(map(str, sorted(busy)))} already in use (the simulator's): "
+            "is another `make run` or `make chat` running? (SIMULATOR_PORT moves the page)"
+        )
+    spec = ServiceSpec("simulator", "devtools.simulator")
+    return ServiceProcess(spec, env, log_dir, address=("127.0.0.1", port))
+
+
+def supervise(processes: Mapping[str, ServiceProcess], stopping: threading.Event) -> None:
+    backoff = {name: 1.0 for name in processes}
+    started_at = {name: time.monotonic() for name in processes}
     # By when /livez must answer next; pushed on by every answer.
-    live_until = {name: time.monotonic() + LIVEZ_TIMEOUT_S for name in stack.processes}
-    # stack.start() waited for every /readyz; None: not known since a restart.
-    ready: dict[str, bool | None] = {name: True for name in stack.processes}
+    live_until = {name: time.monotonic() + LIVEZ_TIMEOUT_S for name in processes}
+    # Start-up waited for every /readyz; None: not known since a restart.
+    ready: dict[str, bool | None] = {name: True for name in processes}
     next_readyz = time.monotonic() + READYZ_EVERY_S
     while not stopping.wait(0.5):
         now = time.monotonic()
         check_readiness = now >= next_readyz
         if check_readiness:
             next_readyz = now + READYZ_EVERY_S
-        for name, process in stack.processes.items():
+        for name, process in processes.items():
             if not process.alive:
                 code = process.proc.returncode if process.proc else None
                 problem = f"{name} exited (code {code})"

@@ -167,15 +167,25 @@ class ServiceProcess:
     """One service process: start, wait until it is ready, stop gracefully or kill."""
 
     def __init__(
-        self, spec: ServiceSpec, env: Mapping[str, str], log_dir: Path | None, name: str | None = None
+        self,
+        spec: ServiceSpec,
+        env: Mapping[str, str],
+        log_dir: Path | None,
+        name: str | None = None,
+        address: tuple[str, int] | None = None,
     ) -> None:
         self.spec = spec
         # The service's name, or `<service>-k` for its k-th replica (k >= 2).
         self.name = name or spec.name
         self.env = dict(env)
-        settings = settings_for(env)
-        self.host, self.port = listen_port(spec, settings)
-        self.health_host, self.health_port = health_address(spec, settings)
+        if address is not None:
+            # A process the Settings do not place (the simulator): it listens, and answers
+            # /livez and /readyz, at `address`.
+            self.host, self.port = self.health_host, self.health_port = address
+        else:
+            settings = settings_for(env)
+            self.host, self.port = listen_port(spec, settings)
+            self.health_host, self.health_port = health_address(spec, settings)
         # False when its readiness hangs on a service this stack does not run (the bridge
         # alone, against an AutoCoder a test controls): then waiting for it means /livez.
         self.await_readiness = True
