@@ -74,6 +74,8 @@ def supervisor(tmp_path: Path) -> Iterator[tuple[Supervisor, dict[str, str]]]:
     env |= {f"{name}_METRICS_PORT": str(free_port()) for name in HEALTH_PORTS}
     autocoder = free_port()
     env |= {"AUTOCODER_PORT": str(autocoder), "AUTOCODER_MCP_URL": f"http://127.0.0.1:{autocoder}/mcp"}
+    # The WhatsApp simulator: its page, and the Twilio Messages API the notifier sends to.
+    env |= {"SIMULATOR_PORT": str(free_port()), "TWILIO_API_BASE_URL": f"http://127.0.0.1:{free_port()}"}
     sup = Supervisor(tmp_path, env)
     yield sup, env
     if sup.proc.poll() is None:
@@ -101,6 +103,9 @@ def test_make_run_supervises_the_platform(
     sup.wait_line(r"Ctrl-C stops everything", timeout_s=90)
     assert sup.wait_line(r"embedded Redis: \S*redis-server on redis://127.0.0.1:\d+")
     assert sup.wait_line(r"make chat")
+    page = sup.wait_line(r"WhatsApp simulator: open (http://\S+)").group(1)
+    assert page == f"http://127.0.0.1:{env['SIMULATOR_PORT']}"
+    assert "WhatsApp" in httpx.get(page, timeout=5).text
     wait_healthy(env)
     # Embedded defaults: a dev encryption key kept for the next run, logs in .run/logs.
     assert (tmp_path / ".run" / "state.key").exists()
@@ -128,7 +133,7 @@ def test_make_run_supervises_the_platform(
     sup.wait_line(r"\] notifier ready$", timeout_s=60)
     assert httpx.get(f"http://127.0.0.1:{env['NOTIFIER_METRICS_PORT']}/readyz", timeout=5).status_code == 200
 
-    children = [sup.pid(name) for name in ("webhook", "mcp-bridge", "autocoder")] + [restarted]
+    children = [sup.pid(name) for name in ("webhook", "mcp-bridge", "autocoder", "simulator")] + [restarted]
     sup.proc.send_signal(signal.SIGTERM)
     assert sup.proc.wait(30) == 0
     sup.wait_line(r"stopped\.")

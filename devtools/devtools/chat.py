@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from contextlib import suppress
 
@@ -51,6 +52,8 @@ async def chat() -> None:
     serving: asyncio.Task[None] | None = None
     async with httpx.AsyncClient(timeout=20) as client:
         if not await answers(client, url):
+            # Its own warnings (webhook unreachable) are said here, in the chat's words.
+            logging.getLogger("devtools.twilio_sim").setLevel(logging.ERROR)
             state = simulator_state(env)
             try:
                 own, sockets = server(state, env)
