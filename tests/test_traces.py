@@ -38,6 +38,7 @@ from tests.harness import (
     start_stack,
     user_of,
 )
+from tests.test_llm_agent import FakeLlm
 
 SERVICES = {"webhook", "agent", "mcp-bridge", "notifier", "autocoder"}
 # Numbers no other module uses.
@@ -175,12 +176,25 @@ def twilio_sim() -> Iterator[TwilioSim]:
 
 
 @pytest.fixture(scope="module")
-def stack_overrides(receiver: OtlpReceiver) -> dict[str, str]:
+def llm() -> Iterator[FakeLlm]:
+    fake = FakeLlm()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def stack_overrides(receiver: OtlpReceiver, llm: FakeLlm) -> dict[str, str]:
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
         "NOTIFIER_BACKOFF_BASE_S": "0.05",
+        # Free text goes through the LLM agent (a local stand-in); commands do not.
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": f"{llm.url}/v1",
+        "LLM_MODEL": "gpt-test",
+        "LLM_TIMEOUT_S": "15",
+        "AUTOCODER_LLM": "builtin",
     }
 
 
@@ -256,9 +270,10 @@ SERVER, CLIENT, CONSUMER = (
 
 @pytest.fixture(scope="module")
 def coding_request(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> tuple[str, str]:
-    """A newcomer's coding request (creates a project, starts a session): its phone and MessageSid."""
+    """A coding request (`/run`, which starts a session at AutoCoder): its phone and MessageSid."""
     user = Conversation(env, twilio_sim, next(PHONES))
-    sid = user.send(CODING_REQUEST)
+    assert "shop" in user.ask("/new shop")
+    sid = user.send(f"/run {CODING_REQUEST}")
     [reply] = user.next(1, timeout_s=30)
     assert "Started session" in reply, reply
     return user.phone, sid
@@ -274,13 +289,14 @@ def test_one_coding_request_is_one_trace_through_every_service(
     assert {s.service for s in spans} == SERVICES
 
     # The agent handled it (continuing the context its inbox entry carried), called the bridge
-    # for both tools, and AutoCoder served each call as a child of the bridge's MCP call.
+    # for every tool, and AutoCoder served each call as a child of the bridge's MCP call.
     handled = only(spans, service="agent", name="agent: handle message")
     assert handled.kind == CONSUMER and handled.attributes["twilio.message_sid"] == sid
     assert root in ancestors(handled, spans)
-    for tool in ("create_project", "execute_coding_task"):
-        mcp_call = only(spans, service="mcp-bridge", name=f"tools/call {tool}")
-        assert mcp_call.kind == CLIENT
+    mcp_calls = [s for s in spans if s.service == "mcp-bridge" and s.name.startswith("tools/call ")]
+    assert "tools/call execute_coding_task" in {s.name for s in mcp_calls}
+    for mcp_call in mcp_calls:
+        assert mcp_call.kind == CLIENT and mcp_call.status != Status.STATUS_CODE_ERROR
         chain = ancestors(mcp_call, spans)
         assert [s.name for s in chain[:3]] == [
             "wacoder.v1.McpBridgeService/CallTool",  # the bridge's server span
@@ -382,6 +398,33 @@ def test_twilio_calls_carry_their_http_status_and_error_code(
     assert [s.status for s in calls] == [Status.STATUS_CODE_ERROR, Status.STATUS_CODE_UNSET]
 
 
+def test_an_llm_turn_nests_its_tool_calls_under_the_llm_run(
+    receiver: OtlpReceiver, stack: Stack, env: dict[str, str], twilio_sim: TwilioSim, llm: FakeLlm
+) -> None:
+    llm.script(
+        [
+            {"tool_call": {"name": "list_projects", "arguments": {}}},
+            {"text": "Here they are: {tool_result}"},
+        ]
+    )
+    user = Conversation(env, twilio_sim, next(PHONES))
+    sid = user.send("which projects do I have?")
+    assert "Here they are" in user.next(1, timeout_s=30)[0]
+    spans = message_trace(receiver, sid)
+    assert_one_tree(spans, sid)
+    run = only(spans, service="agent", name="agent: llm run")
+    assert run.attributes["gen_ai.request.model"] == "gpt-test"
+    # Two completions of 10 prompt and 5 completion tokens each (the stand-in's usage).
+    assert (run.attributes["gen_ai.usage.input_tokens"], run.attributes["gen_ai.usage.output_tokens"]) == (
+        20,
+        10,
+    )
+    assert run.parent_id == only(spans, service="agent", name="agent: handle message").span_id
+    mcp_call = only(spans, service="mcp-bridge", name="tools/call list_projects")
+    assert run in ancestors(mcp_call, spans)
+    assert [s.service for s in spans if s.parent_id == mcp_call.span_id] == ["autocoder"]
+
+
 def json_lines(path: Path | None) -> list[dict[str, Any]]:
     assert path is not None
     lines = []
@@ -432,7 +475,7 @@ def test_the_inbox_entry_carries_the_trace_context_beside_its_encrypted_payload(
     assert CODING_REQUEST not in fields["payload"] and phone not in str(fields)
 
 
-PRIVATE_TEXTS = (CODING_REQUEST, "/help", "orchids")
+PRIVATE_TEXTS = (CODING_REQUEST, "/help", "orchids", "which projects", "shop")
 
 
 def test_no_span_holds_a_phone_number_or_message_text(receiver: OtlpReceiver, coding_request: Any) -> None:

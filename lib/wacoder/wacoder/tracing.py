@@ -37,6 +37,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from wacoder.metrics import code_name, server_code
 
@@ -45,6 +46,10 @@ log = logging.getLogger("wacoder.tracing")
 TRACEPARENT = "traceparent"
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _TRACEPARENT_FORMAT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+# The carriers of ours (stream entries, the delivery record, MCP) are W3C whatever
+# OTEL_PROPAGATORS says; gRPC metadata uses the configured propagators.
+_W3C = TraceContextTextMapPropagator()
 
 _enabled = False
 _tracer: trace.Tracer = trace.NoOpTracer()
@@ -110,7 +115,7 @@ def span(
 ) -> contextlib.AbstractContextManager[Span]:
     """A span made current for the `with` block (ended at its end, an escaping exception
     recorded). `parent`: a traceparent carried from elsewhere (a stream entry) to continue;
-    None or "" continues the current context. Off: a shared no-op, nothing allocated."""
+    None or "" continues the current context. Off: a bare no-op around the shared invalid span."""
     if not _enabled:
         return contextlib.nullcontext(INVALID_SPAN)
     context = extract(parent) if parent else None
@@ -131,7 +136,7 @@ def extract(value: str | None) -> otel_context.Context | None:
     """The context a carried `traceparent` continues; None when there is none or it is malformed."""
     if not value or not _TRACEPARENT_FORMAT.match(value):
         return None
-    context = propagate.extract({TRACEPARENT: value})
+    context = _W3C.extract({TRACEPARENT: value})
     return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
