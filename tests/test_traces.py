@@ -9,12 +9,14 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from devtools.stack import Stack, free_port
@@ -549,3 +551,16 @@ def test_an_unsigned_request_is_traced_without_its_form(
     [span] = receiver.wait(refused)
     assert span.attributes["http.response.status_code"] == 403
     assert "twilio.message_sid" not in span.attributes
+
+
+def test_probes_and_scrapes_make_no_traces(receiver: OtlpReceiver, stack: Stack, env: dict[str, str]) -> None:
+    """Kubernetes asks every few seconds: a trace each would bury the messages' traces."""
+    base = env["PUBLIC_BASE_URL"]
+    for path in ("/health", "/livez", "/readyz", "/metrics"):  # /health asks every gRPC service
+        assert httpx.get(base + path, timeout=5).status_code in (200, 503)
+    # A message after them: once its span is in, theirs would be too (spans go out in order).
+    after = "SM" + uuid.uuid4().hex
+    post_signed(env, "/webhook/whatsapp", inbound(next(PHONES), "/help", after))
+    root_of(receiver, after)
+    names = {(s.service, s.name) for s in receiver.all()}
+    assert not [n for n in names if "Health" in n[1] or n[1].startswith("GET")], names

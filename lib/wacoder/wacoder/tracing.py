@@ -44,6 +44,7 @@ from wacoder.metrics import code_name, server_code
 log = logging.getLogger("wacoder.tracing")
 
 TRACEPARENT = "traceparent"
+_HEALTH = "/grpc.health.v1."
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _TRACEPARENT_FORMAT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -217,8 +218,15 @@ class _ClientTracing:
 _ending: set[asyncio.Task[None]] = set()
 
 
+def _is_probe(details: grpc.aio.ClientCallDetails) -> bool:
+    method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
+    return method.startswith(_HEALTH)
+
+
 class ClientTracingUnaryUnary(_ClientTracing, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if _is_probe(details):  # health checks (GET /health) are not worth a trace
+            return await continuation(details, request)
         span_, details = self._start(details)
         try:
             call = await continuation(details, request)
@@ -312,7 +320,7 @@ class ServerTracing(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith("/grpc.health.v1."):
+        if handler is None or details.method.startswith(_HEALTH):
             return handler  # unknown methods and probes are not worth a trace
         if handler.unary_unary is not None:
             wrap, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
