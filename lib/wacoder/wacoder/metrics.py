@@ -50,6 +50,14 @@ GRPC_CLIENT_SECONDS = Histogram(
 )
 
 
+def from_zero(metric: Counter | Histogram, *label_values: str | tuple[str, ...]) -> None:
+    """Exposes these label values at 0 from the start. A series that first appears at 1 is
+    invisible to rate() and increase(): after a restart, the first dead letter or error of a
+    kind would never show on a dashboard nor fire an alert."""
+    for values in label_values:
+        metric.labels(*((values,) if isinstance(values, str) else values))
+
+
 # Async updates run before each scrape: gauges read from Redis (queue depths) are read when
 # Prometheus asks, not on a timer. Each gets a short deadline; a failing one keeps its last values.
 Refresh = Callable[[], Awaitable[None]]

@@ -8,6 +8,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from wacoder import keys
+from wacoder.metrics import from_zero
 from wacoder.redis import Store
 
 MESSAGES_PROCESSED = Counter(
@@ -26,19 +27,22 @@ END_TO_END_SECONDS = Histogram(
 ERRORS = Counter(
     "wacoder_agent_errors_total",
     "Messages answered with an error instead of what was asked, by type",
-    ["type"],  # autocoder_unavailable, tool_error, internal, llm_unavailable
+    ["type"],
 )
+from_zero(ERRORS, "autocoder_unavailable", "tool_error", "internal", "llm_unavailable")
 REPLIES = Counter(
     "wacoder_agent_replies_total",
     "Replies computed, by what they answered",
-    ["kind"],  # command, free_text, empty (a message without text)
+    ["kind"],  # empty: a message without text
 )
+from_zero(REPLIES, "command", "free_text", "empty")
 LLM_SECONDS = Histogram(
     "wacoder_agent_llm_seconds",
     "Time of one LLM agent run (model calls and the tools it called), by outcome",
-    ["outcome"],  # ok, error
+    ["outcome"],
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0),
 )
+from_zero(LLM_SECONDS, "ok", "error")
 LLM_TOKENS = Counter(
     "wacoder_agent_llm_tokens_total", "LLM tokens used, as the model reported them", ["type"]
 )
@@ -47,12 +51,14 @@ PROGRESS_MESSAGES = Counter(
     "Coding-session progress messages sent",
     ["kind"],  # update (a batch of agent steps), final (the summary, or a notice the relay gave up)
 )
+from_zero(PROGRESS_MESSAGES, "update", "final")
 SESSIONS_STARTED = Counter("wacoder_agent_sessions_started_total", "Coding sessions started")
 SESSIONS_COMPLETED = Counter(
     "wacoder_agent_sessions_completed_total",
     "Coding sessions whose end the agent relayed, by outcome",
-    ["outcome"],  # succeeded, failed, other
+    ["outcome"],
 )
+from_zero(SESSIONS_COMPLETED, "succeeded", "failed", "other")
 SESSION_SECONDS = Histogram(
     "wacoder_agent_session_seconds",
     "Duration of a coding session, from its start to the end the agent relayed, by outcome",

@@ -5,6 +5,9 @@ Labels are small fixed sets: agent names and outcomes, never a project, session 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from wacoder.metrics import from_zero
+
+from autocoder.agents.builtin import GENERATORS
 
 AGENT_RUNS = Counter(
     "autocoder_agent_runs_total",
@@ -27,3 +30,8 @@ SESSION_SECONDS = Histogram(
     buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
 )
 SESSIONS_RUNNING = Gauge("autocoder_sessions_running", "Coding sessions running now")
+
+from_zero(AGENT_RUNS, *((agent, status) for agent in GENERATORS for status in ("done", "failed")))
+from_zero(AGENT_RUN_SECONDS, *GENERATORS)
+from_zero(SESSIONS_FINISHED, "succeeded", "failed")
+from_zero(SESSION_SECONDS, "succeeded", "failed")

@@ -28,6 +28,7 @@ from wacoder.redis import Store
 log = logging.getLogger("mcp_bridge.cache")
 
 WRITE_TOOLS = frozenset({"create_project", "execute_coding_task"})
+CACHEABLE_TOOLS = frozenset({"list_projects", "check_system_health", "get_session_files"})  # slot_for's
 ENDED_STATUSES = frozenset({"succeeded", "failed"})
 # Do not serve a download link that is about to expire.
 _URL_EXPIRY_MARGIN_S = 60

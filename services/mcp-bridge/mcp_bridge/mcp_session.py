@@ -41,6 +41,8 @@ from mcp import types as mcp_types
 from mcp.client.streamable_http import streamable_http_client
 from wacoder import tracing
 
+from mcp_bridge import metrics
+
 log = logging.getLogger("mcp_bridge.mcp_session")
 
 # What the SDK raises when it gives up waiting for a response (httpx.codes.REQUEST_TIMEOUT).
@@ -345,6 +347,7 @@ class McpSession:
             await connection.close()
             raise TransportFailure("timed out connecting to AutoCoder", may_have_reached=False) from None
         self.tools = tools  # refreshed on every (re)connect
+        metrics.tools_listed(tools)
         return connection
 
     async def call_tool(

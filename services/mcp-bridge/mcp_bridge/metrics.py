@@ -8,11 +8,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from wacoder.metrics import from_zero
+
+from mcp_bridge.cache import CACHEABLE_TOOLS
 
 TOOL_SECONDS = Histogram(
     "wacoder_bridge_tool_seconds",
     "Time of one AutoCoder tool call (with its retries), by tool and outcome",
-    ["tool", "outcome"],  # outcome: ok, tool_error, unavailable, timeout
+    ["tool", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 BREAKER_STATE = Gauge(
@@ -23,6 +26,16 @@ CACHE = Counter(
 )  # result: hit, miss
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+OUTCOMES = ("ok", "tool_error", "unavailable", "timeout")
+
+
+def tools_listed(tools: Iterable[Any]) -> None:
+    """Exposes every listed tool's series at 0 as soon as AutoCoder lists it (wacoder.metrics.from_zero)."""
+    names = [name for tool in tools if isinstance(name := getattr(tool, "name", None), str)]
+    from_zero(TOOL_SECONDS, *((name, outcome) for name in names for outcome in OUTCOMES))
+    from_zero(
+        CACHE, *((name, result) for name in names if name in CACHEABLE_TOOLS for result in ("hit", "miss"))
+    )
 
 
 def tool_label(name: str, listed: Iterable[Any] | None) -> str:

@@ -8,6 +8,7 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 from wacoder import keys
+from wacoder.metrics import from_zero
 from wacoder.redis import Store
 
 TWILIO_SENDS = Counter(
@@ -16,11 +17,13 @@ TWILIO_SENDS = Counter(
     # status: accepted, an HTTP status (429, 500, 400...) or no_answer; error_code: Twilio's code or ""
     ["status", "error_code"],
 )
+from_zero(TWILIO_SENDS, ("accepted", ""))
 DEAD_LETTERS = Counter(
     "wacoder_notifier_dead_letters_total",
     "Outbox entries given up on",
-    ["reason"],  # permanent, max_attempts, undecryptable
+    ["reason"],
 )
+from_zero(DEAD_LETTERS, "permanent", "max_attempts", "undecryptable")
 PARKED = Counter(
     "wacoder_notifier_parked_total", "Messages parked because the recipient is outside the 24-hour window"
 )
