@@ -614,6 +614,7 @@ RESOURCES = {
     "Service": ("", "services"),
     "ServiceAccount": ("", "serviceaccounts"),
     "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
+    "PrometheusRule": ("monitoring.coreos.com", "prometheusrules"),
 }
 
 Grants = set[tuple[str, str, str]]

@@ -113,7 +113,7 @@ In the bots' namespaces:
   verbs: {{ include "operator.helmVerbs" . }}
 {{- if .Values.rbac.serviceMonitors }}
 - apiGroups: [monitoring.coreos.com]
-  resources: [servicemonitors]
+  resources: [servicemonitors, prometheusrules]
   verbs: {{ include "operator.helmVerbs" . }}
 {{- end }}
 {{- end -}}
