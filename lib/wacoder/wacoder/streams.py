@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError, ResponseError
@@ -150,17 +151,22 @@ class KeyedStreamConsumer:
         # Own pending entries are taken back once per (re)connection (a handler that failed is
         # retried in place by its lane, so there is nothing else of ours to take back).
         resume_own = True
+        # Abandoned entries are looked for every `_block_ms`, not on every read: under load a
+        # read returns at once, and the group check and the claim would triple its commands.
+        next_claim = 0.0
         try:
             while not self.stopping.is_set():
                 try:
-                    await self._ensure_group()
                     if resume_own:
+                        await self._ensure_group()
                         if self.take_over:
                             await self._claim(min_idle_ms=0)
                         else:
                             await self._drain_own_pending()
                         resume_own = False
-                    await self._claim(min_idle_ms=self.claim_idle_ms)
+                    if time.monotonic() >= next_claim:
+                        await self._claim(min_idle_ms=self.claim_idle_ms)
+                        next_claim = time.monotonic() + self._block_ms / 1000
                     await self._read_new()
                     backoff = 0.1
                 except ResponseError as error:
@@ -255,9 +261,13 @@ class KeyedStreamConsumer:
                 return
             start = next_start
 
+    @property
+    def _block_ms(self) -> int:
+        # A read blocks briefly so that the loop comes back to claiming regularly.
+        return max(100, min(2000, self.claim_idle_ms // 3))
+
     async def _read_new(self) -> None:
-        # Block briefly so the loop comes back to claiming regularly.
-        block_ms = max(100, min(2000, self.claim_idle_ms // 3))
+        block_ms = self._block_ms
         room = self.max_in_flight - len(self._in_flight)
         if room <= 0:
             # Full: the stream is the queue. Wait for a slot instead of reading entries we

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import uvloop
 from wacoder import grpc as wgrpc
 from wacoder import keys
 from wacoder.botconfig import BotConfigSource
@@ -145,7 +146,7 @@ def main() -> None:
     settings = service_settings("agent")
     setup_logging(settings, "agent")
     setup_tracing("agent")  # before the channels and the server: they trace only if it is on
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))  # uvloop: the event loop's own work is most of a message's CPU
 
 
 if __name__ == "__main__":

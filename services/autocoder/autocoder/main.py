@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+import uvloop
 from mcp.server.fastmcp import FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from wacoder.logs import setup_logging
@@ -140,7 +141,7 @@ def main() -> None:
             timeout_graceful_shutdown=int(config.shutdown_grace_s) or 1,
         )
     )
-    asyncio.run(serve(server, settings))
+    uvloop.run(serve(server, settings))  # uvloop: the event loop's own work is most of a message's CPU
 
 
 async def serve(server: uvicorn.Server, settings: Settings) -> None:

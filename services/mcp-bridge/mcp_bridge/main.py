@@ -6,10 +6,10 @@ first call and remade whenever it drops.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import httpx
+import uvloop
 from wacoder.crypto import StateCipher
 from wacoder.grpc import serve
 from wacoder.logs import setup_logging
@@ -99,7 +99,7 @@ def main() -> None:
     require_secrets(settings, "mcp-bridge")
     setup_logging(settings, "mcp-bridge")
     setup_tracing("mcp-bridge")  # before the server: it traces only if this is on
-    asyncio.run(run(settings))
+    uvloop.run(run(settings))  # uvloop: the event loop's own work is most of a message's CPU
 
 
 if __name__ == "__main__":
