@@ -42,22 +42,26 @@ local rank = {accepted=0, scheduled=0, queued=0, sending=1, sent=2,
 local key = KEYS[1]
 local new = ARGV[5]
 local applied = 0
-if new ~= '' then
-  local cur = redis.call('HGET', key, 'status')
-  if (not cur) or (rank[new] or -1) > (rank[cur] or -1) then
-    redis.call('HSET', key, 'status', new, 'updated_at', ARGV[4])
-    if ARGV[6] ~= '' then redis.call('HSET', key, 'error_code', ARGV[6]) end
-    applied = 1
+-- What is set goes in one HSET, and what is read comes in one HMGET: this runs for every
+-- message sent and every status callback.
+local cur = redis.call('HMGET', key, 'status', 'error_code', 'parked', 'traceparent')
+local st, code, parked, traceparent = cur[1], cur[2], cur[3], cur[4]
+local set = {}
+if new ~= '' and ((not st) or (rank[new] or -1) > (rank[st] or -1)) then
+  set = {'status', new, 'updated_at', ARGV[4]}
+  st = new
+  if ARGV[6] ~= '' then
+    set[#set + 1] = 'error_code'; set[#set + 1] = ARGV[6]; code = ARGV[6]
   end
+  applied = 1
 end
 for i = 7, #ARGV, 2 do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  set[#set + 1] = ARGV[i]; set[#set + 1] = ARGV[i + 1]
+  if ARGV[i] == 'traceparent' then traceparent = ARGV[i + 1] end
 end
+if #set > 0 then redis.call('HSET', key, unpack(set)) end
 redis.call('EXPIRE', key, tonumber(ARGV[1]))
-local st = redis.call('HGET', key, 'status')
-if (st == 'failed' or st == 'undelivered')
-    and redis.call('HGET', key, 'error_code') == '63016'
-    and redis.call('HGET', key, 'parked') ~= '1' then
+if (st == 'failed' or st == 'undelivered') and code == '63016' and parked ~= '1' then
   local payload = redis.call('HGET', key, 'payload')
   -- A callback can beat the notifier's own record; then the payload is not there yet and
   -- the notifier's record (same script) parks it when it arrives.
@@ -70,7 +74,7 @@ if (st == 'failed' or st == 'undelivered')
   end
 end
 -- The send's trace (if the notifier traced it), for the status callback's span to link to.
-return {applied, redis.call('HGET', key, 'traceparent') or ''}
+return {applied, traceparent or ''}
 """
 _APPLY_SHA = hashlib.sha1(_APPLY.encode()).hexdigest()
 
