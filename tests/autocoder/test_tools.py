@@ -13,6 +13,8 @@ TOOLS = {
     "get_session_details": {"session_id"},
     "get_session_files": {"session_id"},
     "check_system_health": set(),
+    "share_project": {"project_id", "member"},
+    "unshare_project": {"project_id", "member"},
 }
 
 

@@ -29,9 +29,10 @@ from autocoder.agents.selection import PIPELINE_ORDER
 from autocoder.config import VERSION, AutoCoderConfig
 from autocoder.http_app import build_app
 from autocoder.pipeline import Pipeline
+from autocoder.sharing import register_sharing_tools
 from autocoder.signing import UrlSigner
 from autocoder.storage import Store, load_or_create_key
-from autocoder.tools import register_tools
+from autocoder.tools import caller_of, register_tools
 
 log = logging.getLogger("autocoder")
 
@@ -77,6 +78,7 @@ def build(settings: Settings, config: AutoCoderConfig) -> tuple[Any, Store]:
         port=settings.autocoder_port,
     )
     register_tools(mcp, store, pipeline, signer, llm_kind)
+    register_sharing_tools(mcp, store, caller_of)
 
     def health() -> dict[str, Any]:
         return {

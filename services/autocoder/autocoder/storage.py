@@ -36,6 +36,10 @@ class NotFoundError(LookupError):
     """An id that does not exist or belongs to someone else: callers cannot tell which."""
 
 
+class NotOwnerError(PermissionError):
+    """A member of a shared project asked for what only its owner may do (share, unshare)."""
+
+
 @dataclass
 class Event:
     seq: int
@@ -63,6 +67,8 @@ class Session:
     files: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=utc_now)
     finished_at: str | None = None
+    # Who started it: the owner, or a member of the shared project (their idempotency keys).
+    started_by: str | None = None
 
     @property
     def active(self) -> bool:
@@ -79,6 +85,11 @@ class Project:
     sessions: list[str] = field(default_factory=list)
     # What the developer agent built (entity, features), so a later "write tests" knows the code.
     spec: dict[str, Any] | None = None
+    # Callers the owner shared the project with: they list it, run in it, see its sessions.
+    members: list[str] = field(default_factory=list)
+
+    def open_to(self, caller: str) -> bool:
+        return caller == self.owner or caller in self.members
 
 
 def _mutable_fields(session: Session) -> dict[str, Any]:
@@ -177,7 +188,8 @@ class Store:
             self.sessions[session.session_id] = session
             self.projects[session.project_id].sessions.append(session.session_id)
             if record.get("key"):
-                self.keys.put(session.owner, "session", record["key"], session.session_id, record["t"])
+                starter = session.started_by or session.owner
+                self.keys.put(starter, "session", record["key"], session.session_id, record["t"])
         elif op == "event":
             session = self.sessions[record["session_id"]]
             for name, value in record["set"].items():
@@ -185,6 +197,8 @@ class Store:
             session.events.append(Event(**record["event"]))
         elif op == "spec":
             self.projects[record["project_id"]].spec = record["spec"]
+        elif op == "members":
+            self.projects[record["project_id"]].members = list(record["members"])
         else:
             raise ValueError(f"unknown journal op {op!r}")
 
@@ -270,14 +284,27 @@ class Store:
         project_id = self.keys.get(owner, "project", key)
         return self.projects.get(project_id) if project_id else None
 
-    def project(self, owner: str, project_id: str) -> Project:
+    def project(self, caller: str, project_id: str) -> Project:
+        """A project the caller owns or is a member of."""
         project = self.projects.get(project_id)
-        if project is None or project.owner != owner:
+        if project is None or not project.open_to(caller):
             raise NotFoundError("project not found")
         return project
 
-    def projects_of(self, owner: str) -> list[Project]:
-        return sorted((p for p in self.projects.values() if p.owner == owner), key=lambda p: p.created_at)
+    def owned_project(self, caller: str, project_id: str) -> Project:
+        """A project the caller owns; a member hears that only the owner may, a stranger "not found"."""
+        project = self.project(caller, project_id)
+        if project.owner != caller:
+            raise NotOwnerError("only the project's owner can do that")
+        return project
+
+    def projects_of(self, caller: str) -> list[Project]:
+        """Owned and shared with the caller, oldest first."""
+        return sorted((p for p in self.projects.values() if p.open_to(caller)), key=lambda p: p.created_at)
+
+    def set_members(self, project: Project, members: list[str]) -> None:
+        project.members = members
+        self._append({"op": "members", "project_id": project.project_id, "members": members})
 
     def project_status(self, project: Project) -> str:
         """ "new" before any session, else the latest session's status."""
@@ -291,7 +318,12 @@ class Store:
         self._append({"op": "spec", "project_id": project.project_id, "spec": spec})
 
     def create_session(
-        self, project: Project, task: str, agents: list[str], key: str | None = None
+        self,
+        project: Project,
+        task: str,
+        agents: list[str],
+        key: str | None = None,
+        started_by: str | None = None,
     ) -> Session:
         session = Session(
             session_id="sess_" + secrets.token_hex(8),
@@ -300,24 +332,30 @@ class Store:
             task=task,
             agents=agents,
             agent_status=dict.fromkeys(agents, "pending"),
+            started_by=started_by or project.owner,
         )
         created = time.time()
         self.sessions[session.session_id] = session
         project.sessions.append(session.session_id)
         if key:
-            self.keys.put(project.owner, "session", key, session.session_id, created)
+            self.keys.put(session.started_by or project.owner, "session", key, session.session_id, created)
         self._journaled[session.session_id] = _mutable_fields(session)
         self._append({"op": "session", "session": asdict(session), "key": key, "t": created})
         return session
 
-    def remembered_session(self, owner: str, key: str) -> Session | None:
-        """The session an earlier execute_coding_task with this key created."""
-        session_id = self.keys.get(owner, "session", key)
-        return self.sessions.get(session_id) if session_id else None
+    def remembered_session(self, caller: str, key: str) -> Session | None:
+        """The session an earlier execute_coding_task with this key created (while the caller
+        may still see it: a member's key says nothing once the project is unshared)."""
+        session_id = self.keys.get(caller, "session", key)
+        session = self.sessions.get(session_id) if session_id else None
+        project = self.projects.get(session.project_id) if session else None
+        return session if project is not None and project.open_to(caller) else None
 
-    def session(self, owner: str, session_id: str) -> Session:
+    def session(self, caller: str, session_id: str) -> Session:
+        """A session of a project the caller owns or is a member of."""
         session = self.sessions.get(session_id)
-        if session is None or session.owner != owner:
+        project = self.projects.get(session.project_id) if session else None
+        if session is None or project is None or not project.open_to(caller):
             raise NotFoundError("session not found")
         return session
 
