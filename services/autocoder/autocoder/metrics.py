@@ -33,5 +33,5 @@ SESSIONS_RUNNING = Gauge("autocoder_sessions_running", "Coding sessions running 
 
 from_zero(AGENT_RUNS, *((agent, status) for agent in GENERATORS for status in ("done", "failed")))
 from_zero(AGENT_RUN_SECONDS, *GENERATORS)
-from_zero(SESSIONS_FINISHED, "succeeded", "failed")
-from_zero(SESSION_SECONDS, "succeeded", "failed")
+from_zero(SESSIONS_FINISHED, "succeeded", "failed", "cancelled")
+from_zero(SESSION_SECONDS, "succeeded", "failed", "cancelled")

@@ -21,6 +21,7 @@ from autocoder.agents.base import AgentContext, AgentOutput, GeneratedFile, Proj
 from autocoder.agents.builtin import GENERATORS
 from autocoder.agents.llm import LLMGenerator
 from autocoder.config import AutoCoderConfig
+from autocoder.design import ReferenceImage
 from autocoder.sandbox import run_pytest
 from autocoder.storage import Project, Session, Store, StoredFile, utc_now
 
@@ -39,6 +40,13 @@ class Pipeline:
         self.config = config
         self.llm = llm
         self._tasks: set[asyncio.Task[None]] = set()
+        # The task of each session that has not ended, and the sessions a caller asked to stop
+        # (cancel_session): their CancelledError ends them "cancelled", not "failed".
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[str] = set()
+        # Images a session's UI/UX agent follows (execute_coding_task's design_reference): in
+        # memory for the run only, never in the index or the journal.
+        self.design_references: dict[str, list[ReferenceImage]] = {}
         # A project's lock exists while sessions hold or wait for it: one per project ever seen
         # would only grow.
         self._project_locks: dict[str, _ProjectLock] = {}
@@ -48,6 +56,22 @@ class Pipeline:
         # The loop holds only weak references to tasks: keep one until it is done.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._running[session.session_id] = task
+        task.add_done_callback(lambda _: self._running.pop(session.session_id, None))
+
+    async def cancel(self, session: Session) -> bool:
+        """Stops a session that has not ended; False when it had ended already (nothing is done).
+        Returns once its task is over: its agents stopped and a running test run killed (the
+        sandbox kills the jail when its task is cancelled), so the answer is its final status."""
+        task = self._running.get(session.session_id)
+        if not session.active or task is None:
+            return False
+        self._stopping.add(session.session_id)
+        task.cancel()
+        # Not `await task`: that would cancel it again if this caller went away. The jail's
+        # teardown is bounded (sandbox.JAIL_TEARDOWN_S), so is this wait.
+        await asyncio.wait({task}, timeout=30)
+        return True
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):
@@ -70,6 +94,24 @@ class Pipeline:
                 del self._project_locks[project_id]
 
     async def _run(self, session: Session) -> None:
+        try:
+            await self._run_in_turn(session)
+        except asyncio.CancelledError:
+            if session.active:  # still queued behind another session of the project
+                self._finish_cancelled(session)
+            if session.session_id not in self._stopping:
+                raise  # the server is shutting down
+        finally:
+            self._stopping.discard(session.session_id)
+            self.design_references.pop(session.session_id, None)
+
+    def _finish_cancelled(self, session: Session) -> None:
+        if session.session_id in self._stopping:
+            self._finish(session, "cancelled", "cancelled at the user's request")
+        else:
+            self._finish(session, "failed", "cancelled: the AutoCoder server is shutting down")
+
+    async def _run_in_turn(self, session: Session) -> None:
         project = self.store.projects[session.project_id]
         async with self._project_lock(project.project_id):
             session.status = "running"
@@ -80,7 +122,7 @@ class Pipeline:
             try:
                 await self._run_agents(project, session)
             except asyncio.CancelledError:
-                self._finish(session, "failed", "cancelled: the AutoCoder server is shutting down")
+                self._finish_cancelled(session)
                 raise
             except Exception as exc:  # any agent's failure ends the session, and it says why
                 log.exception("session failed", extra={"session_id": session.session_id})
@@ -115,6 +157,7 @@ class Pipeline:
                 spec=spec,
                 existing_files=existing,
                 has_generated_app=bool(project.spec) and has_app,
+                design_reference=self.design_references.get(session.session_id, []),
             )
             output, builtin = await self._generate(agent, ctx, session)
             written = await asyncio.to_thread(self._write_all, project.project_id, output.files)
@@ -187,8 +230,10 @@ class Pipeline:
         for name, agent_status in session.agent_status.items():
             if agent_status == "pending":
                 session.agent_status[name] = "skipped"
+            elif agent_status == "running" and status == "cancelled":
+                session.agent_status[name] = "skipped"  # stopped by the user: not the agent's failure
             elif agent_status == "running":
-                session.agent_status[name] = "failed"  # it raised, or was cancelled
+                session.agent_status[name] = "failed"  # it raised, or the server is shutting down
                 metrics.AGENT_RUNS.labels(name, "failed").inc()
         if status == "succeeded":
             session.progress = 100

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
+from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from autocoder.agents.selection import PIPELINE_ORDER, UnknownAgentError, order_agents, select_agents
@@ -44,7 +45,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-SessionStatus = Literal["queued", "running", "succeeded", "failed"]
+SessionStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 AgentStatus = Literal["pending", "running", "done", "failed", "skipped"]
 
 
@@ -58,9 +59,6 @@ class ProjectCreated(BaseModel):
 class ProjectSummary(ProjectCreated):
     status: str = Field(description='"new" before any session, else the latest session\'s status')
     sessions: list[str] = Field(description="the project's session ids, oldest first")
-    role: Literal["owner", "member"] = Field(
-        default="owner", description='"member" when the owner shared it with the caller (share_project)'
-    )
 
 
 class ProjectList(BaseModel):
@@ -112,11 +110,22 @@ class SessionFile(BaseModel):
     size: int
     download_url: str
     expires_at: int = Field(description="unix seconds after which download_url stops working")
+    short_url: str = Field(description="the same file behind a short signed link (/f/<token>), as long valid")
 
 
 class SessionFiles(BaseModel):
     session_id: str
     files: list[SessionFile]
+    archive_url: str | None = Field(
+        default=None, description="a short signed link to all of files as one zip; null when there are none"
+    )
+    archive_expires_at: int | None = Field(default=None, description="unix seconds; null with archive_url")
+
+
+class SessionCancelled(BaseModel):
+    session_id: str
+    status: SessionStatus = Field(description='"cancelled", or how the session had already ended')
+    cancelled: bool = Field(description="true when this call stopped it; false when it had already ended")
 
 
 class Health(BaseModel):
@@ -168,9 +177,7 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
 
     @mcp.tool()
     async def list_projects(ctx: Context[Any, Any, Any]) -> ProjectList:
-        """List the caller's projects (owned, and shared with the caller), oldest first, with their
-        status and session ids."""
-        caller = caller_of(ctx)
+        """List the caller's projects, oldest first, with their status and session ids."""
         return ProjectList(
             projects=[
                 ProjectSummary(
@@ -180,9 +187,8 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
                     created_at=p.created_at,
                     status=store.project_status(p),
                     sessions=list(p.sessions),
-                    role="owner" if p.owner == caller else "member",
                 )
-                for p in store.projects_of(caller)
+                for p in store.projects_of(caller_of(ctx))
             ]
         )
 
@@ -224,7 +230,7 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
             chosen = order_agents(agents) if agents else select_agents(task)
         except UnknownAgentError as exc:
             raise ToolError(str(exc)) from None
-        session = store.create_session(project, task.strip(), chosen, key, started_by=caller)
+        session = store.create_session(project, task.strip(), chosen, key)
         store.add_event(session, f"session queued: {', '.join(chosen)}")
         pipeline.start(session)
         return session
@@ -263,23 +269,45 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
             s = store.session(caller_of(ctx), session_id)
         except NotFoundError as exc:
             raise not_found(exc) from None
-        files = await asyncio.to_thread(signed_files, s.project_id, list(s.files))
-        return SessionFiles(session_id=s.session_id, files=files)
+        files = await asyncio.to_thread(signed_files, s.session_id, s.project_id, list(s.files))
+        archive_url, archive_exp = signer.short.archive(s.session_id) if files else (None, None)
+        return SessionFiles(
+            session_id=s.session_id, files=files, archive_url=archive_url, archive_expires_at=archive_exp
+        )
 
-    def signed_files(project_id: str, paths: list[str]) -> list[SessionFile]:
+    def signed_files(session_id: str, project_id: str, paths: list[str]) -> list[SessionFile]:
         """In a thread: a stat and an HMAC per file, and a session may have written many."""
         files = []
-        for path in paths:
+        for index, path in enumerate(paths):
             stat = store.stat(project_id, path)
             if stat is None:
                 continue
             url, exp = signer.sign(project_id, path)
+            short_url, _ = signer.short.file(session_id, index)
             files.append(
                 SessionFile(
-                    name=path.rsplit("/", 1)[-1], path=path, size=stat.size, download_url=url, expires_at=exp
+                    name=path.rsplit("/", 1)[-1],
+                    path=path,
+                    size=stat.size,
+                    download_url=url,
+                    expires_at=exp,
+                    short_url=short_url,
                 )
             )
         return files
+
+    @mcp.tool(annotations=ToolAnnotations(idempotentHint=True, destructiveHint=True))
+    async def cancel_session(session_id: str, ctx: Context[Any, Any, Any]) -> SessionCancelled:
+        """Stop a queued or running session: its agents stop, a running test run is killed, and it
+        ends with status "cancelled". Safe to repeat: a session that has already ended is left as it
+        is and the answer says how it ended (cancelled: false)."""
+        try:
+            s = store.session(caller_of(ctx), session_id)
+        except NotFoundError as exc:
+            raise not_found(exc) from None
+        stopped = await pipeline.cancel(s)
+        await store.sync()
+        return SessionCancelled(session_id=s.session_id, status=s.status, cancelled=stopped)  # type: ignore[arg-type]
 
     @mcp.tool()
     async def check_system_health() -> Health:
