@@ -59,6 +59,9 @@ class ProjectCreated(BaseModel):
 class ProjectSummary(ProjectCreated):
     status: str = Field(description='"new" before any session, else the latest session\'s status')
     sessions: list[str] = Field(description="the project's session ids, oldest first")
+    role: Literal["owner", "member"] = Field(
+        default="owner", description='"member" when the owner shared it with the caller (share_project)'
+    )
 
 
 class ProjectList(BaseModel):
@@ -177,7 +180,9 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
 
     @mcp.tool()
     async def list_projects(ctx: Context[Any, Any, Any]) -> ProjectList:
-        """List the caller's projects, oldest first, with their status and session ids."""
+        """List the caller's projects (owned, and shared with the caller), oldest first, with their
+        status and session ids."""
+        caller = caller_of(ctx)
         return ProjectList(
             projects=[
                 ProjectSummary(
@@ -187,8 +192,9 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
                     created_at=p.created_at,
                     status=store.project_status(p),
                     sessions=list(p.sessions),
+                    role="owner" if p.owner == caller else "member",
                 )
-                for p in store.projects_of(caller_of(ctx))
+                for p in store.projects_of(caller)
             ]
         )
 
@@ -230,7 +236,7 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
             chosen = order_agents(agents) if agents else select_agents(task)
         except UnknownAgentError as exc:
             raise ToolError(str(exc)) from None
-        session = store.create_session(project, task.strip(), chosen, key)
+        session = store.create_session(project, task.strip(), chosen, key, started_by=caller)
         store.add_event(session, f"session queued: {', '.join(chosen)}")
         pipeline.start(session)
         return session
