@@ -58,7 +58,7 @@ SESSIONS_COMPLETED = Counter(
     "Coding sessions whose end the agent relayed, by outcome",
     ["outcome"],
 )
-from_zero(SESSIONS_COMPLETED, "succeeded", "failed", "other")
+from_zero(SESSIONS_COMPLETED, "succeeded", "failed", "cancelled", "other")
 SESSION_SECONDS = Histogram(
     "wacoder_agent_session_seconds",
     "Duration of a coding session, from its start to the end the agent relayed, by outcome",
@@ -68,7 +68,7 @@ SESSION_SECONDS = Histogram(
 
 
 def outcome_label(status: str) -> str:
-    return status if status in ("succeeded", "failed") else "other"
+    return status if status in ("succeeded", "failed", "cancelled") else "other"
 
 
 ACTIVE_USERS = Gauge(
@@ -82,16 +82,48 @@ ACTIVE_BUCKET_S = 300
 ACTIVE_WINDOWS = {"15m": 3, "1h": 12, "24h": 288}
 
 
+class _ActiveUsers:
+    """The users seen since the last write, added to Redis at most once a second (and before
+    every scrape) in one PFADD: one call per message would cost more than the rest of the
+    metrics together."""
+
+    FLUSH_S = 1.0
+
+    def __init__(self) -> None:
+        self.pending: set[str] = set()
+        self.flushed_at = 0.0
+
+    async def note(self, redis: Store, user: str) -> None:
+        self.pending.add(user)
+        if time.monotonic() - self.flushed_at >= self.FLUSH_S:
+            await self.flush(redis)
+
+    async def flush(self, redis: Store) -> None:
+        self.flushed_at = time.monotonic()
+        if not self.pending:
+            return
+        users, self.pending = self.pending, set()
+        key = keys.active_users(int(time.time() // ACTIVE_BUCKET_S))
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.pfadd(key, *users)
+                pipe.expire(key, keys.ACTIVE_USERS_TTL_S)
+                await pipe.execute()
+        except BaseException:
+            self.pending |= users  # counted at the next flush instead
+            raise
+
+
+_active_users = _ActiveUsers()
+
+
 async def note_active(redis: Store, user: str) -> None:
     """Counts `user` (their hash) as active now."""
-    key = keys.active_users(int(time.time() // ACTIVE_BUCKET_S))
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.pfadd(key, user)
-        pipe.expire(key, keys.ACTIVE_USERS_TTL_S)
-        await pipe.execute()
+    await _active_users.note(redis, user)
 
 
 async def refresh_active_users(redis: Store) -> None:
+    await _active_users.flush(redis)
     now = int(time.time() // ACTIVE_BUCKET_S)
     async with redis.pipeline(transaction=False) as pipe:
         for buckets in ACTIVE_WINDOWS.values():
