@@ -23,8 +23,10 @@ from mcp.server.fastmcp.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from autocoder import design
 from autocoder.agents.selection import PIPELINE_ORDER, UnknownAgentError, order_agents, select_agents
 from autocoder.config import VERSION
+from autocoder.design import DesignReferenceArg
 from autocoder.pipeline import Pipeline
 from autocoder.sandbox import SandboxUnavailableError, isolation, policy_from_environment
 from autocoder.signing import UrlSigner
@@ -208,15 +210,22 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
             Field(description=f"agents to run, any of {list(PIPELINE_ORDER)}; omitted: chosen from the task"),
         ] = None,
         idempotency_key: IdempotencyKey = None,
+        design_reference: DesignReferenceArg = None,
     ) -> TaskQueued:
         """Start a coding session on a project. Returns at once (status "queued"); the agents run in
         the background in the order planner, database, developer, uiux, devops, tester. Poll
         get_session_details for progress."""
         caller = caller_of(ctx)
+        try:
+            references = design.decode(design_reference)
+        except design.DesignReferenceError as exc:
+            raise ToolError(str(exc)) from None
         # As in create_project: lookup and creation in one step of the loop. A repeat starts nothing.
         session = store.remembered_session(caller, idempotency_key) if idempotency_key else None
         if session is None:
-            session = start_session(caller, project_id, task, agents, idempotency_key)
+            if references:  # a design is the UI/UX agent's to follow
+                agents = [*(agents or select_agents(task)), "uiux"]
+            session = start_session(caller, project_id, task, agents, idempotency_key, references)
         await store.sync()
         return TaskQueued(
             session_id=session.session_id,
@@ -226,7 +235,12 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
         )
 
     def start_session(
-        caller: str, project_id: str, task: str, agents: list[str] | None, key: str | None
+        caller: str,
+        project_id: str,
+        task: str,
+        agents: list[str] | None,
+        key: str | None,
+        references: list[design.ReferenceImage] | None = None,
     ) -> Session:
         try:
             project = store.project(caller, project_id)
@@ -238,6 +252,8 @@ def register_tools(mcp: FastMCP, store: Store, pipeline: Pipeline, signer: UrlSi
             raise ToolError(str(exc)) from None
         session = store.create_session(project, task.strip(), chosen, key, started_by=caller)
         store.add_event(session, f"session queued: {', '.join(chosen)}")
+        if references:
+            pipeline.design_references[session.session_id] = references
         pipeline.start(session)
         return session
 

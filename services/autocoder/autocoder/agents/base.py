@@ -6,6 +6,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autocoder.design import ReferenceImage
+
 
 @dataclass(frozen=True)
 class GeneratedFile:
@@ -102,3 +104,5 @@ class AgentContext:
     existing_files: list[str] = field(default_factory=list)
     # True when the developer's generated app (of this or an earlier session) is in the project.
     has_generated_app: bool = False
+    # Images the UI/UX agent should follow (execute_coding_task's design_reference), in memory only.
+    design_reference: list[ReferenceImage] = field(default_factory=list)

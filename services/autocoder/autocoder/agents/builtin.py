@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from autocoder.agents import templates_python as tp
 from autocoder.agents.base import AgentContext, AgentOutput, GeneratedFile
+from autocoder.design import notes as design_notes
 
 ROLE_DELIVERABLES: dict[str, str] = {
     "planner": "PLAN.md: scope, agents, deliverables and acceptance criteria",
@@ -313,7 +314,11 @@ button { padding: .5rem 1rem; border: 0; border-radius: 6px; background: var(--a
         GeneratedFile("ui/styles.css", css),
         GeneratedFile("ui/app.js", js),
     ]
-    return AgentOutput(files, f"dashboard for {ctx.spec.entities} (HTML, CSS, JS)")
+    message = f"dashboard for {ctx.spec.entities} (HTML, CSS, JS)"
+    if ctx.design_reference:
+        files.append(GeneratedFile("ui/DESIGN_REFERENCE.md", design_notes(ctx.design_reference)))
+        message += f", after {len(ctx.design_reference)} design reference image(s)"
+    return AgentOutput(files, message)
 
 
 def devops(ctx: AgentContext) -> AgentOutput:

@@ -44,12 +44,19 @@ class LLMGenerator:
             "existing_files": ctx.existing_files[:200],
             "plan": (plan or "")[:8000],
         }
+        content: Any = json.dumps(user)
+        if role == "uiux" and ctx.design_reference:
+            # The design the user sent, as image input: the UI should look like it.
+            content = [
+                {"type": "text", "text": content + "\nFollow the design of the attached image(s)."},
+                *({"type": "image_url", "image_url": {"url": i.data_url()}} for i in ctx.design_reference),
+            ]
         response = await self.client.chat.completions.create(
             model=self.model,
             response_format={"type": "json_object"},
             messages=[
                 {"role": "system", "content": _SYSTEM.format(role=role, deliverable=ROLE_DELIVERABLES[role])},
-                {"role": "user", "content": json.dumps(user)},
+                {"role": "user", "content": content},
             ],
         )
         return parse_reply(response.choices[0].message.content or "", ctx.existing_files)
