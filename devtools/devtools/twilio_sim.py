@@ -15,6 +15,11 @@ posts inbound messages (with media it hosts) to the webhook, and posts signed st
     GET  /_sim/messages                              every message accepted so far
     DELETE /_sim/messages                            forget them (and the users' messages)
     GET  /2010-04-01/Accounts/{sid}/Messages/{MM}/Media/{ME}   a user's attachment, as Twilio hosts it
+                                                     (basic auth optional, as by default at Twilio;
+                                                     wrong credentials: 401; each fetch is noted
+                                                     in /_sim/messages' "media_fetches")
+    POST /_sim/media    the raw bytes of an attachment (its Content-Type header says the type):
+                        hosts it and answers {"url": its Twilio-shaped MediaUrl} (tests send it)
     POST /_sim/script   {"responses": [{"status": 429, "headers": {...}, "code": 20429}],
                          "always": {"status": 500} | null, "delay_s": 0.0}
                          (delay_s: how long every Messages request takes to answer, so a test
@@ -100,6 +105,7 @@ class SimState:
     # The users' messages as posted to the webhook, with its answer.
     inbound: list[dict[str, Any]] = field(default_factory=list)
     media: OrderedDict[str, tuple[str, bytes]] = field(default_factory=OrderedDict)
+    media_fetches: list[dict[str, Any]] = field(default_factory=list)
     listeners: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
@@ -454,17 +460,33 @@ def build_app(state: SimState, routes: list[BaseRoute] | None = None) -> Starlet
             state.messages.clear()
             state.attempts.clear()
             state.inbound.clear()
+            state.media_fetches.clear()
             return JSONResponse({"ok": True})
         return JSONResponse(
-            {"messages": state.messages, "attempts": state.attempts, "inbound": state.inbound}
+            {
+                "messages": state.messages,
+                "attempts": state.attempts,
+                "inbound": state.inbound,
+                "media_fetches": state.media_fetches,
+            }
         )
 
     async def media(request: Request) -> Response:
+        authorized = _authorized(request, state)
+        state.media_fetches.append({"media_sid": request.path_params["media_sid"], "authorized": authorized})
+        if "authorization" in request.headers and not authorized:
+            return _error(401, 20003, "Authenticate")
         found = state.media.get(request.path_params["media_sid"])
         if found is None or request.path_params["sid"] != state.account_sid:
             return _error(404, 20404, "The requested resource was not found")
         content_type, data = found
         return Response(data, media_type=content_type)
+
+    async def host_media(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        media_sid = keep_media(state, content_type, await request.body())
+        message_sid = "MM" + secrets.token_hex(16)
+        return JSONResponse({"url": media_url(state, str(request.base_url), message_sid, media_sid)})
 
     async def script(request: Request) -> Response:
         payload = await request.json()
@@ -480,6 +502,7 @@ def build_app(state: SimState, routes: list[BaseRoute] | None = None) -> Starlet
             Route("/_sim/messages", list_messages, methods=["GET", "DELETE"]),
             Route("/_sim/script", script, methods=["POST"]),
             Route("/2010-04-01/Accounts/{sid}/Messages/{message_sid}/Media/{media_sid}", media),
+            Route("/_sim/media", host_media, methods=["POST"]),
             *(routes or []),
         ]
     )

@@ -6,15 +6,19 @@ so a reply can prove the agent really fed the tool's output back. Every request 
 for the test to inspect (system prompt, memory).
 
     POST /v1/chat/completions     the API (Bearer auth required, any key)
+    POST /v1/audio/transcriptions the speech-to-text API (multipart: file, model); answers the
+                                  scripted transcript, {"text": ...}
     POST /_fake/script  {"answers": [{"tool_call": {"name": ..., "arguments": {...}}} | {"text": ...}],
-                         "fail_with": 500 | null, "delay_s": 0}
-    GET  /_fake/requests
+                         "fail_with": 500 | null, "delay_s": 0, "transcript": "..."}
+    GET  /_fake/requests          {"requests": [chat bodies], "transcriptions": [{model, filename,
+                                  content_type, size, sha256}]}
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import secrets
 import time
@@ -22,11 +26,19 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-STATE: dict[str, Any] = {"answers": [], "requests": [], "fail_with": None, "delay_s": 0.0}
+STATE: dict[str, Any] = {
+    "answers": [],
+    "requests": [],
+    "fail_with": None,
+    "delay_s": 0.0,
+    "transcript": "",
+    "transcriptions": [],
+}
 
 
 def _completion(model: str, message: dict[str, Any], finish: str) -> dict[str, Any]:
@@ -75,22 +87,55 @@ async def completions(request: Request) -> JSONResponse:
     return JSONResponse(_completion(model, {"role": "assistant", "content": text}, "stop"))
 
 
+async def transcriptions(request: Request) -> JSONResponse:
+    """OpenAI's /audio/transcriptions: a multipart form with the audio `file` and a `model`."""
+    if not request.headers.get("authorization", "").startswith("Bearer "):
+        return JSONResponse(
+            {"error": {"message": "no key", "type": "invalid_request_error"}}, status_code=401
+        )
+    form = await request.form(max_part_size=30 * 1024 * 1024)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile) or not form.get("model"):
+        return JSONResponse(
+            {"error": {"message": "file and model are required", "type": "invalid_request_error"}},
+            status_code=400,
+        )
+    data = await upload.read()
+    STATE["transcriptions"].append(
+        {
+            "model": form.get("model"),
+            "filename": upload.filename,
+            "content_type": upload.content_type,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    )
+    if STATE["fail_with"]:
+        return JSONResponse(
+            {"error": {"message": "scripted failure", "type": "server_error"}}, status_code=STATE["fail_with"]
+        )
+    return JSONResponse({"text": STATE["transcript"]})
+
+
 async def script(request: Request) -> JSONResponse:
     payload = await request.json()
     STATE["answers"] = list(payload.get("answers", []))
     STATE["fail_with"] = payload.get("fail_with")
     STATE["delay_s"] = float(payload.get("delay_s", 0))
+    STATE["transcript"] = str(payload.get("transcript", ""))
     STATE["requests"] = []
+    STATE["transcriptions"] = []
     return JSONResponse({"ok": True})
 
 
 async def requests_seen(request: Request) -> JSONResponse:
-    return JSONResponse({"requests": STATE["requests"]})
+    return JSONResponse({"requests": STATE["requests"], "transcriptions": STATE["transcriptions"]})
 
 
 app = Starlette(
     routes=[
         Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/_fake/script", script, methods=["POST"]),
         Route("/_fake/requests", requests_seen, methods=["GET"]),
     ]

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     llm_model: str = "gpt-4o-mini"
     llm_timeout_s: float = 60.0
+    # Whether the model takes images (OpenAI `image_url` parts); false: images only reach
+    # AutoCoder, as a design reference. Voice notes go to `/audio/transcriptions` with this model.
+    llm_vision: bool = True
+    transcription_model: str = "whisper-1"
 
     autocoder_mcp_url: str = "http://127.0.0.1:8765/mcp"
     autocoder_api_key: SecretStr | None = None
