@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from wacoder import templates
 
-from agent import catalog
+from agent import catalog, sharing
 from agent.autocoder import ToolError
 from agent.turn import Turn
 
@@ -58,6 +58,7 @@ async def _list(turn: Turn, args: str) -> str:
     lines = ["*Your projects*"]
     for p in projects:
         mark = " ← active" if p["project_id"] == active else ""
+        mark += " · shared with you" if p.get("role") == "member" else ""
         about = f" — {p['description']}" if p.get("description") else ""
         lines.append(f"- *{p['name']}*{about} (`{p['project_id']}`){mark}")
     lines.append("\nSwitch with /use <name or id>.")
@@ -109,6 +110,8 @@ COMMANDS: dict[str, Command] = {
     "/files": Command(_files, "/files [session id]"),
     "/agents": Command(_agents, "/agents"),
     "/clear": Command(_clear, "/clear"),
+    "/share": Command(sharing.share, sharing.SHARE_USAGE),
+    "/unshare": Command(sharing.unshare, sharing.UNSHARE_USAGE),
 }
 
 

@@ -28,6 +28,7 @@ from wacoder.whatsapp_text import markdown_to_whatsapp
 from agent import metrics
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError, ToolSpec
 from agent.prompts import system_prompt
+from agent.sharing import COMMAND_ONLY_TOOLS
 from agent.state import Project
 from agent.turn import Turn
 
@@ -66,7 +67,9 @@ class LlmResponder:
         if self._specs is None:
             self._specs = await self.autocoder.tools()
         unavailable: list[AutoCoderUnavailable] = []
-        tools = [self._tool(turn, spec, unavailable) for spec in self._specs]
+        tools = [
+            self._tool(turn, spec, unavailable) for spec in self._specs if spec.name not in COMMAND_ONLY_TOOLS
+        ]
         agent = create_agent(model=self.model, tools=tools, system_prompt=system_prompt(turn.state))
         messages = [*memory(turn.state.history), HumanMessage(text)]
         started = time.perf_counter()

@@ -72,6 +72,7 @@ async def serve(settings: Settings) -> None:
         free_text=free_text_responder(settings, bot_config, autocoder),
         progress=progress,
         hash_salt=salt,
+        allowed=lambda phone: bot_config.current.is_allowed(phone),
     )
     replica = replica_name(settings, settings.agent_addr)
 

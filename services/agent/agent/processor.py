@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
 from wacoder import keys, tracing
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
-from wacoder.phones import phone_hash, to_e164
+from wacoder.phones import phone_hash, to_e164, to_whatsapp
 from wacoder.redis import Store
 from wacoder.v1 import agent_pb2
 
@@ -27,6 +28,7 @@ from agent.commands import is_command
 from agent.dialogue import FreeTextResponder, reply_to
 from agent.outbound import Outbound
 from agent.progress import ProgressRelay
+from agent.sharing import Sharing
 from agent.state import StateStore
 from agent.turn import Turn
 
@@ -46,6 +48,7 @@ class Processor:
         free_text: FreeTextResponder,
         progress: ProgressRelay,
         hash_salt: str,
+        allowed: Callable[[str], bool] = lambda phone: False,
     ) -> None:
         self.redis = redis
         self.cipher = cipher
@@ -56,6 +59,7 @@ class Processor:
         self.free_text = free_text
         self.progress = progress
         self.hash_salt = hash_salt
+        self.allowed = allowed  # the whitelist now: who /share may give access to
 
     async def handle(self, entry_id: str, fields: dict[str, str]) -> None:
         # A span per attempt at the entry, continuing the trace the message carries (from the
@@ -85,6 +89,8 @@ class Processor:
         await self.outbound.send(
             message.sender, answer.text, key=f"reply:{message.message_sid}", accepted_at_ms=accepted_ms or 0
         )
+        for n, (to, notice) in enumerate(answer.notices):  # e.g. "... shared project X with you"
+            await self.outbound.send(to_whatsapp(to), notice, key=f"notice:{message.message_sid}:{n}")
         # Progress starts after the reply that announced the session, so it arrives after it; on
         # a redo too (starting a relay that already runs is a no-op).
         for session_id in answer.sessions:
@@ -114,16 +120,20 @@ class Processor:
             caller=phone_hash(phone, self.hash_salt),
             autocoder=self.autocoder,
             cause=message.message_sid,
+            sharing=Sharing(self.hash_salt, self.allowed),
         )
         text = await reply_to(turn, message.body, self.free_text)
         kind = "empty" if not message.body.strip() else "command" if is_command(message.body) else "free_text"
         metrics.REPLIES.labels(kind).inc()
         if not turn.cleared:
             state.remember(message.body, text)
-        answer = Answer(text, [session_id for session_id, _ in turn.started_sessions])
+        notices = list(turn.sharing.notices) if turn.sharing else []
+        answer = Answer(text, [session_id for session_id, _ in turn.started_sessions], notices)
         # Records outside the user's slot first; written again by a redo, they change nothing.
         for project_id in turn.linked_projects:
             await self.store.add_project_user(phone, project_id)
+        for project_id, member, joined in turn.sharing.changes if turn.sharing else []:
+            await self.store.set_project_member(project_id, member, joined)
         for session_id, project in turn.started_sessions:
             await self.progress.record_session(session_id, turn.caller, project)
         # Then the turn itself, atomically (all in the user's slot).
@@ -157,11 +167,14 @@ class Answer:
 
     text: str
     sessions: list[str]
+    # (to, text): messages to other users the turn caused (/share tells the other user).
+    notices: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps({"text": self.text, "sessions": self.sessions})
+        return json.dumps({"text": self.text, "sessions": self.sessions, "notices": self.notices})
 
     @classmethod
     def from_json(cls, raw: str) -> Answer:
         data = json.loads(raw)
-        return cls(str(data["text"]), [str(s) for s in data.get("sessions", [])])
+        notices = [(str(to), str(text)) for to, text in data.get("notices", [])]
+        return cls(str(data["text"]), [str(s) for s in data.get("sessions", [])], notices)

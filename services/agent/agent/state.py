@@ -87,6 +87,23 @@ class StateStore:
         pipe.lpush(keys.user_projects(user), project_id)
         pipe.expire(keys.user_projects(user), keys.INDEX_TTL_S)
 
+    async def set_project_member(self, project_id: str, user: str, joined: bool) -> None:
+        """A shared project's member in both sides of the seed's index (user hashes): each side
+        in its own slot, written before the turn commits; writing it again changes nothing."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if joined:
+                pipe.sadd(keys.project_users(project_id), user)
+                pipe.expire(keys.project_users(project_id), keys.INDEX_TTL_S)
+            else:
+                pipe.srem(keys.project_users(project_id), user)
+            await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrem(keys.user_projects(user), 0, project_id)
+            if joined:
+                pipe.lpush(keys.user_projects(user), project_id)
+                pipe.expire(keys.user_projects(user), keys.INDEX_TTL_S)
+            await pipe.execute()
+
     async def add_project_user(self, phone: str, project_id: str) -> None:
         """The project's side, project:{id}:users (user hashes): a slot of its own, so it is
         written before the turn commits; writing it again on a redo changes nothing."""

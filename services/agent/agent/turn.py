@@ -11,6 +11,7 @@ from wacoder import templates
 from agent import metrics
 from agent.autocoder import AutoCoder, ToolError
 from agent.router import project_name_for
+from agent.sharing import Sharing
 from agent.state import ConversationState, Project
 
 SESSION_STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "succeeded": "✅", "failed": "❌"}
@@ -28,6 +29,8 @@ class Turn:
     linked_projects: list[str] = field(default_factory=list)
     started_sessions: list[tuple[str, Project]] = field(default_factory=list)
     cleared: bool = False
+    # /share and /unshare: the whitelist, the number hash, and what they leave to do (agent.sharing).
+    sharing: Sharing | None = None
     _creations: int = 0
 
     def _idempotency_key(self, tool: str) -> str:

@@ -1,13 +1,14 @@
 """The bridge's Redis caches of tool results, shared by every replica.
 
 Which results are cached, for how long, and what invalidates them:
-  - list_projects, per caller, 5 min; create_project and execute_coding_task drop it.
+  - list_projects, per caller, 5 min; create_project and execute_coding_task drop it;
+    share_project and unshare_project drop the owner's and the member's (access changes at once).
   - check_system_health, one for everybody, 1 min.
   - get_session_files, per caller and session, 10 min, but only once the bridge has seen the
     session end (status succeeded/failed from get_session_details, through CallTool or
     WatchSession): while a session runs its files change, and a stale list would hide new
     files. The TTL is also cut short so a cached download_url is never served past its
-    expires_at.
+    expires_at. unshare_project drops the member's for each of the project's sessions.
 A cache is an optimisation: when Redis fails, the call goes to AutoCoder as if nothing was cached.
 Results hold the user's project names and descriptions: they are stored encrypted.
 """
@@ -28,6 +29,8 @@ from wacoder.redis import Store
 log = logging.getLogger("mcp_bridge.cache")
 
 WRITE_TOOLS = frozenset({"create_project", "execute_coding_task"})
+# Tools that change who may see a project: the caller (its owner) and `member` (ADR 0002).
+SHARING_TOOLS = frozenset({"share_project", "unshare_project"})
 CACHEABLE_TOOLS = frozenset({"list_projects", "check_system_health", "get_session_files"})  # slot_for's
 ENDED_STATUSES = frozenset({"succeeded", "failed"})
 # Do not serve a download link that is about to expire.
@@ -76,8 +79,24 @@ class ResultCache:
         """Invalidation and bookkeeping once a call has been made (whatever its outcome)."""
         if name in WRITE_TOOLS:
             await self._safe(self.redis.delete(keys.projects_cache(caller)))
+        elif name in SHARING_TOOLS:
+            await self.forget_access(name, arguments, caller, result)
         elif name == "get_session_details" and isinstance(result, dict):
             await self.note_session_status(caller, str(arguments.get("session_id", "")), result.get("status"))
+
+    async def forget_access(self, name: str, arguments: dict[str, Any], caller: str, result: Any) -> None:
+        """After a share or unshare (whatever its outcome: it may have happened): neither side's
+        cached project list may show the old access, nor may a former member's cached files.
+        One key per command: in a Redis Cluster these live in different slots."""
+        member = arguments.get("member")
+        stale = [keys.projects_cache(caller)]
+        if isinstance(member, str) and member:
+            stale.append(keys.projects_cache(member))
+            sessions = result.get("sessions") if isinstance(result, dict) else None
+            if name == "unshare_project" and isinstance(sessions, list):
+                stale += [keys.files_cache(member, str(s)) for s in sessions]
+        for key in stale:
+            await self._safe(self.redis.delete(key))
 
     async def note_session_status(self, caller: str, session_id: str, status: Any) -> None:
         if session_id and status in ENDED_STATUSES:
