@@ -79,6 +79,7 @@ def new_user(stack: Stack, env: dict[str, str], twilio_sim: TwilioSim) -> Callab
 # real processes and is marked `e2e`, so `pytest -m "not e2e"` is the quick loop while editing and
 # `pytest -m e2e` (or one module) runs the slow part alone.
 IN_PROCESS = {
+    "tests/agent/test_media_checks.py",
     "tests/agent/test_router.py",
     "tests/autocoder/test_journal.py",
     "tests/autocoder/test_bounded.py",

@@ -27,9 +27,10 @@ class OfflineResponder:
         return await offline.respond(turn, text)
 
 
-async def reply_to(turn: Turn, text: str, free_text: FreeTextResponder) -> str:
-    """Never raises for the user's sake: a dead dependency becomes the connection template."""
-    if not text.strip():
+async def reply_to(turn: Turn, text: str, free_text: FreeTextResponder, *, allow_empty: bool = False) -> str:
+    """Never raises for the user's sake: a dead dependency becomes the connection template.
+    `allow_empty`: an image without a caption still goes to the LLM (it sees the image)."""
+    if not text.strip() and not allow_empty:
         return "I can only read text for now. Type /help to see what I can do."
     try:
         if is_command(text):

@@ -27,6 +27,7 @@ from wacoder.whatsapp_text import markdown_to_whatsapp
 
 from agent import metrics
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError, ToolSpec
+from agent.media import Image
 from agent.prompts import system_prompt
 from agent.sharing import COMMAND_ONLY_TOOLS
 from agent.state import Project
@@ -71,7 +72,7 @@ class LlmResponder:
             self._tool(turn, spec, unavailable) for spec in self._specs if spec.name not in COMMAND_ONLY_TOOLS
         ]
         agent = create_agent(model=self.model, tools=tools, system_prompt=system_prompt(turn.state))
-        messages = [*memory(turn.state.history), HumanMessage(text)]
+        messages = [*memory(turn.state.history), user_message(text, turn.images, self.settings.llm_vision)]
         started = time.perf_counter()
         # The whole agent run (model calls and the tool calls it makes, whose gRPC spans nest
         # here); the model's name and token counts, never the prompt or the answer.
@@ -148,12 +149,30 @@ def count_tokens(produced: list[Any]) -> dict[str, int]:
     return totals
 
 
+# Arguments that are ours to set, not the model's to invent: idempotency keys (the Turn derives
+# them from the MessageSid) and the design reference (the user's images, attached by the Turn).
+_OURS = frozenset({"idempotency_key", "design_reference"})
+
+
 def without_idempotency_key(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema the model sees: idempotency keys are ours to set (the Turn derives them from
-    the MessageSid), not the model's to invent."""
-    properties = {k: v for k, v in schema.get("properties", {}).items() if k != "idempotency_key"}
-    required = [name for name in schema.get("required", []) if name != "idempotency_key"]
+    """The schema the model sees, without the arguments the Turn sets itself."""
+    properties = {k: v for k, v in schema.get("properties", {}).items() if k not in _OURS}
+    required = [name for name in schema.get("required", []) if name not in _OURS]
     return {**schema, "properties": properties, "required": required}
+
+
+def user_message(text: str, images: list[Image], vision: bool) -> HumanMessage:
+    """The user's message; their images as image input (data: URLs) when the model takes them."""
+    if not images:
+        return HumanMessage(text)
+    note = (
+        f"({len(images)} image(s) attached. A coding task you start now gets them as a design "
+        "reference for AutoCoder's UI/UX agent.)"
+    )
+    parts: list[str | dict[str, Any]] = [{"type": "text", "text": f"{text}\n{note}".strip()}]
+    if vision:
+        parts += [{"type": "image_url", "image_url": {"url": image.data_url()}} for image in images]
+    return HumanMessage(content=parts)
 
 
 def memory(history: list[dict[str, Any]]) -> list[BaseMessage]:

@@ -25,6 +25,7 @@ from wacoder.v1 import agent_pb2_grpc, bridge_pb2_grpc, notifier_pb2_grpc
 from agent import metrics
 from agent.autocoder import AutoCoder
 from agent.dialogue import FreeTextResponder, OfflineResponder
+from agent.media import MediaReader
 from agent.outbound import Outbound
 from agent.processor import Processor
 from agent.progress import ProgressRelay
@@ -62,6 +63,7 @@ async def serve(settings: Settings) -> None:
     progress = ProgressRelay(
         redis, cipher, autocoder, outbound, give_up_after_s=settings.progress_give_up_after_s
     )
+    media = MediaReader(settings, bot_config)
     processor = Processor(
         redis=redis,
         cipher=cipher,
@@ -73,6 +75,7 @@ async def serve(settings: Settings) -> None:
         progress=progress,
         hash_salt=salt,
         allowed=lambda phone: bot_config.current.is_allowed(phone),
+        media=media,
     )
     replica = replica_name(settings, settings.agent_addr)
 
@@ -137,6 +140,7 @@ async def serve(settings: Settings) -> None:
         on_stop=on_stop,
     )
     await ops.stop()
+    await media.aclose()
     await bridge_channel.close()
     await notifier_channel.close()
     await replication.aclose()

@@ -26,6 +26,7 @@ from agent import metrics
 from agent.autocoder import AutoCoder
 from agent.commands import is_command
 from agent.dialogue import FreeTextResponder, reply_to
+from agent.media import MediaReader, compose
 from agent.outbound import Outbound
 from agent.progress import ProgressRelay
 from agent.sharing import Sharing
@@ -49,6 +50,7 @@ class Processor:
         progress: ProgressRelay,
         hash_salt: str,
         allowed: Callable[[str], bool] = lambda phone: False,
+        media: MediaReader | None = None,
     ) -> None:
         self.redis = redis
         self.cipher = cipher
@@ -60,6 +62,7 @@ class Processor:
         self.progress = progress
         self.hash_salt = hash_salt
         self.allowed = allowed  # the whitelist now: who /share may give access to
+        self.media = media
 
     async def handle(self, entry_id: str, fields: dict[str, str]) -> None:
         # A span per attempt at the entry, continuing the trace the message carries (from the
@@ -122,11 +125,15 @@ class Processor:
             cause=message.message_sid,
             sharing=Sharing(self.hash_salt, self.allowed),
         )
-        text = await reply_to(turn, message.body, self.free_text)
-        kind = "empty" if not message.body.strip() else "command" if is_command(message.body) else "free_text"
+        said = message.body
+        if message.media and self.media is not None:
+            text, said = await self._with_media(turn, message)
+        else:
+            text = await reply_to(turn, message.body, self.free_text)
+        kind = "empty" if not said.strip() else "command" if is_command(said) else "free_text"
         metrics.REPLIES.labels(kind).inc()
         if not turn.cleared:
-            state.remember(message.body, text)
+            state.remember(said, text)
         notices = list(turn.sharing.notices) if turn.sharing else []
         answer = Answer(text, [session_id for session_id, _ in turn.started_sessions], notices)
         # Records outside the user's slot first; written again by a redo, they change nothing.
@@ -150,6 +157,21 @@ class Processor:
                 self.progress.register(pipe, session_id, message.sender, turn.caller, project)
             await pipe.execute()
         return answer
+
+    async def _with_media(self, turn: Turn, message: agent_pb2.InboundMessage) -> tuple[str, str]:
+        """(the reply, what the history remembers) of a message with attachments: they are read
+        for this turn only (agent.media); its text, a voice note's transcript included, is
+        answered as any text is."""
+        assert self.media is not None
+        media = await self.media.read(message)
+        turn.images = media.images
+        answer = None
+        if media.text.strip() or not (media.images or media.notes):
+            answer = await reply_to(turn, media.text, self.free_text)
+        elif media.images and self.media.llm:
+            answer = await reply_to(turn, "", self.free_text, allow_empty=True)
+        reply = compose(media, answer, llm=self.media.llm, passed_on=turn.passed_on_images)
+        return reply, media.remembered
 
 
 def _accepted_ms(entry_id: str) -> int | None:

@@ -10,6 +10,7 @@ from wacoder import templates
 
 from agent import metrics
 from agent.autocoder import AutoCoder, ToolError
+from agent.media import Image, design_reference
 from agent.router import project_name_for
 from agent.sharing import Sharing
 from agent.state import ConversationState, Project
@@ -31,6 +32,10 @@ class Turn:
     cleared: bool = False
     # /share and /unshare: the whitelist, the number hash, and what they leave to do (agent.sharing).
     sharing: Sharing | None = None
+    # The message's images (agent.media): the LLM sees them, and a session started in this turn
+    # gets them as its design reference.
+    images: list[Image] = field(default_factory=list)
+    passed_on_images: bool = False
     _creations: int = 0
 
     def _idempotency_key(self, tool: str) -> str:
@@ -93,7 +98,10 @@ class Turn:
         }
         if agents:
             arguments["agents"] = agents
+        if reference := design_reference(self.images):
+            arguments["design_reference"] = reference
         result = await self.autocoder.call(self.caller, "execute_coding_task", **arguments)
+        self.passed_on_images = self.passed_on_images or bool(reference)
         self.state.last_session = result["session_id"]
         self.started_sessions.append((result["session_id"], project))
         metrics.SESSIONS_STARTED.inc()
