@@ -234,7 +234,8 @@ def post_signed(
 
 
 # The agent's progress relay messages (agent finished, session summary): see agent/progress.py.
-PROGRESS = re.compile(r"^(\(\d+/\d+\) )?((✅|❌|⏭️) \*\w+\* |(🏁|❌) Session |⚠️ I lost track)")
+# A session's summary names its project ("Session `id` in *name*"); /status's reply does not.
+PROGRESS = re.compile(r"^(\(\d+/\d+\) )?((✅|❌|⏭️) \*\w+\* |(🏁|❌|🛑) Session `[^`]+` in |⚠️ I lost track)")
 
 
 class Conversation:

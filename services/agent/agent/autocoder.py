@@ -24,9 +24,12 @@ _UNAVAILABLE = {
 }
 
 
-# Tools that read, and creating tools called with an idempotency key (ADR 0002), may be asked again
-# after a transient failure without doing anything twice.
-_READ_TOOLS = frozenset({"list_projects", "get_session_details", "get_session_files", "check_system_health"})
+# Tools that read, cancel_session (a repeat finds the session ended), and creating tools called
+# with an idempotency key (ADR 0002), may be asked again after a transient failure without doing
+# anything twice.
+_READ_TOOLS = frozenset(
+    {"list_projects", "get_session_details", "get_session_files", "check_system_health", "cancel_session"}
+)
 # A dependency that blinks (a bridge replica restarting, a connection dropped) is asked once
 # more before the user hears "temporarily unavailable"; the bridge has already retried AutoCoder
 # itself, so a real outage still answers within seconds.

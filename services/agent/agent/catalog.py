@@ -19,7 +19,8 @@ HELP = """*WhatsApp-Coder* 🤖 build software by chat
 /use <name or id> — switch the active project
 /run <task> — run a coding task in the active project
 /status [session] — progress of a coding session
-/files [session] — files a session generated
+/files [session] — every file of a session, and a zip
+/cancel [session] — stop a running session
 /agents — the six AutoCoder agents
 /clear — forget this conversation
 /help — this message

@@ -13,6 +13,7 @@ from wacoder import templates
 
 from agent import catalog, sharing
 from agent.autocoder import ToolError
+from agent.cancel import CANCEL_USAGE, cancel
 from agent.turn import Turn
 
 Handler = Callable[[Turn, str], Awaitable[str]]
@@ -108,6 +109,7 @@ COMMANDS: dict[str, Command] = {
     "/run": Command(_run, "/run <task>"),
     "/status": Command(_status, "/status [session id]"),
     "/files": Command(_files, "/files [session id]"),
+    "/cancel": Command(cancel, CANCEL_USAGE),
     "/agents": Command(_agents, "/agents"),
     "/clear": Command(_clear, "/clear"),
     "/share": Command(sharing.share, sharing.SHARE_USAGE),

@@ -26,9 +26,9 @@ from wacoder.v1 import bridge_pb2
 
 from agent import metrics
 from agent.autocoder import AutoCoder, AutoCoderUnavailable, ToolError
+from agent.links import summary_links
 from agent.outbound import Outbound
 from agent.state import Project
-from agent.turn import files_text
 
 log = logging.getLogger("agent.progress")
 
@@ -237,12 +237,13 @@ class ProgressRelay:
         await self.redis.hset(key, "after", last)
         watch["after"] = str(last)
 
-    async def _files(self, session_id: str, watch: dict[str, str]) -> list[dict[str, Any]]:
+    async def _files(self, session_id: str, watch: dict[str, str]) -> dict[str, Any]:
+        """get_session_files: the zip link and the files (empty when AutoCoder cannot say)."""
         try:
             result = await self.autocoder.call(watch["caller"], "get_session_files", session_id=session_id)
         except (AutoCoderUnavailable, ToolError):
-            return []
-        return list(result.get("files", []))
+            return {}
+        return result if isinstance(result, dict) else {}
 
     async def _record_end(self, session_id: str, final: bridge_pb2.SessionEvent) -> None:
         raw = await self.redis.get(keys.session(session_id))
@@ -266,10 +267,11 @@ class ProgressRelay:
         session_id: str,
         watch: dict[str, str],
         texts: list[str],
-        files: list[dict[str, Any]] | None = None,
+        files: dict[str, Any] | None = None,
     ) -> None:
-        if files:
-            texts = [texts[0] + "\n\n" + files_text(files)]
+        # One message: the zip and three short links fit well under WhatsApp's 1,600 characters.
+        if links := summary_links(files or {}):
+            texts = [texts[0] + "\n\n" + links]
         for text in texts:
             await self.outbound.send(watch["to"], text, key=f"progress:{session_id}:final")
             metrics.PROGRESS_MESSAGES.labels("final").inc()
@@ -308,7 +310,7 @@ def agent_line(event: bridge_pb2.SessionEvent) -> str:
 def summary(session_id: str, project: str, final: bridge_pb2.SessionEvent) -> str:
     details: dict[str, Any] = json.loads(final.detail_json or "{}")
     status = details.get("status", final.status)
-    icon = "🏁" if status == "succeeded" else "❌"
+    icon = {"succeeded": "🏁", "cancelled": "🛑"}.get(status, "❌")
     lines = [f"{icon} Session `{session_id}` in *{project}*: *{status}*"]
     agents = details.get("agents") or {}
     if agents:

@@ -10,12 +10,13 @@ from wacoder import templates
 
 from agent import metrics
 from agent.autocoder import AutoCoder, ToolError
+from agent.links import all_files, summary_links
 from agent.media import Image, design_reference
 from agent.router import project_name_for
 from agent.sharing import Sharing
 from agent.state import ConversationState, Project
 
-SESSION_STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "succeeded": "✅", "failed": "❌"}
+SESSION_STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "succeeded": "✅", "failed": "❌", "cancelled": "🛑"}
 
 
 @dataclass
@@ -124,19 +125,17 @@ class Turn:
         if session_id is None:
             return status
         result = await self.autocoder.call(self.caller, "get_session_files", session_id=session_id)
-        files = result.get("files", [])
-        return f"{status}\n\n{files_text(files, most=5)}" if files else status
+        links = summary_links(result)
+        return f"{status}\n\n{links}" if links else status
 
     async def session_files(self, ref: str | None) -> str:
         session_id = self._session_ref(ref)
         if session_id is None:
             return "No coding session yet. Start one with /run <task>."
         result = await self.autocoder.call(self.caller, "get_session_files", session_id=session_id)
-        files = result.get("files", [])
-        if not files:
+        if not result.get("files"):
             return f"Session `{session_id}` has no files yet. /status shows how far it got."
-        listing = files_text(files, most=len(files))
-        return f"*Session* `{session_id}`\n{listing}\n\nLinks expire; ask /files again for fresh ones."
+        return all_files(session_id, result)
 
     def clear(self) -> None:
         self.state.history.clear()
@@ -163,15 +162,6 @@ def unique_name(name: str, taken: set[str]) -> str:
         n += 1
         candidate = f"{name}-{n}"
     return candidate
-
-
-def files_text(files: list[dict[str, Any]], most: int = 10) -> str:
-    """File links as a list; beyond `most`, a pointer to /files (which lists them all)."""
-    lines = [f"*Files* ({len(files)}):"]
-    lines += [f"- {f['path']} ({f['size']} B): {f['download_url']}" for f in files[:most]]
-    if len(files) > most:
-        lines.append(f"...and {len(files) - most} more: /files")
-    return "\n".join(lines)
 
 
 def format_status(details: dict[str, Any]) -> str:

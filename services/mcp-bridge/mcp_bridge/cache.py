@@ -5,9 +5,9 @@ Which results are cached, for how long, and what invalidates them:
     share_project and unshare_project drop the owner's and the member's (access changes at once).
   - check_system_health, one for everybody, 1 min.
   - get_session_files, per caller and session, 10 min, but only once the bridge has seen the
-    session end (status succeeded/failed from get_session_details, through CallTool or
-    WatchSession): while a session runs its files change, and a stale list would hide new
-    files. The TTL is also cut short so a cached download_url is never served past its
+    session end (status succeeded/failed/cancelled from get_session_details or cancel_session,
+    through CallTool or WatchSession): while a session runs its files change, and a stale list
+    would hide new files. The TTL is also cut short so a cached download_url is never served past its
     expires_at. unshare_project drops the member's for each of the project's sessions.
 A cache is an optimisation: when Redis fails, the call goes to AutoCoder as if nothing was cached.
 Results hold the user's project names and descriptions: they are stored encrypted.
@@ -28,11 +28,12 @@ from wacoder.redis import Store
 
 log = logging.getLogger("mcp_bridge.cache")
 
-WRITE_TOOLS = frozenset({"create_project", "execute_coding_task"})
+# cancel_session changes a project's status (list_projects shows its latest session's).
+WRITE_TOOLS = frozenset({"create_project", "execute_coding_task", "cancel_session"})
 # Tools that change who may see a project: the caller (its owner) and `member` (ADR 0002).
 SHARING_TOOLS = frozenset({"share_project", "unshare_project"})
 CACHEABLE_TOOLS = frozenset({"list_projects", "check_system_health", "get_session_files"})  # slot_for's
-ENDED_STATUSES = frozenset({"succeeded", "failed"})
+ENDED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 # Do not serve a download link that is about to expire.
 _URL_EXPIRY_MARGIN_S = 60
 
@@ -81,7 +82,7 @@ class ResultCache:
             await self._safe(self.redis.delete(keys.projects_cache(caller)))
         elif name in SHARING_TOOLS:
             await self.forget_access(name, arguments, caller, result)
-        elif name == "get_session_details" and isinstance(result, dict):
+        if name in ("get_session_details", "cancel_session") and isinstance(result, dict):
             await self.note_session_status(caller, str(arguments.get("session_id", "")), result.get("status"))
 
     async def forget_access(self, name: str, arguments: dict[str, Any], caller: str, result: Any) -> None:
@@ -115,19 +116,28 @@ class ResultCache:
 
 
 def _url_lifetime_s(result: Any) -> int:
-    """Seconds until the first download_url in a files result expires (a large number if none)."""
+    """Seconds until the first link in a files result (a file's, or the zip's) expires (a large
+    number if none). AutoCoder says when as unix seconds; an ISO 8601 time is understood too."""
     lifetime = 10**9
-    files = result.get("files") if isinstance(result, dict) else None
-    for item in files or []:
-        expires_at = item.get("expires_at") if isinstance(item, dict) else None
-        if not isinstance(expires_at, str):
+    if not isinstance(result, dict):
+        return lifetime
+    expiries = [result.get("archive_expires_at")]
+    expiries += [item.get("expires_at") for item in result.get("files") or [] if isinstance(item, dict)]
+    now = datetime.now(UTC)
+    for expires_at in expiries:
+        if isinstance(expires_at, bool):
             continue
-        try:
-            expires = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
-        except ValueError:
+        if isinstance(expires_at, int | float):
+            left = int(expires_at - now.timestamp())
+        elif isinstance(expires_at, str):
+            try:
+                expires = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            left = int((expires - now).total_seconds())
+        else:
             continue
-        if expires.tzinfo is None:
-            expires = expires.replace(tzinfo=UTC)
-        left = int((expires - datetime.now(UTC)).total_seconds()) - _URL_EXPIRY_MARGIN_S
-        lifetime = min(lifetime, left)
+        lifetime = min(lifetime, left - _URL_EXPIRY_MARGIN_S)
     return lifetime

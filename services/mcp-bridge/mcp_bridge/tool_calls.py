@@ -30,8 +30,9 @@ from mcp_bridge.mcp_session import CallTimeout, McpSession, ProtocolError, Trans
 log = logging.getLogger("mcp_bridge.tool_calls")
 
 # Tools that may run twice without harm; anything else is retried only if it surely did not run.
+# cancel_session: a repeat finds the session ended and leaves it so (ADR 0002).
 IDEMPOTENT_TOOLS = frozenset(
-    {"list_projects", "get_session_details", "get_session_files", "check_system_health"}
+    {"list_projects", "get_session_details", "get_session_files", "check_system_health", "cancel_session"}
 )
 # The argument that makes a repeat of a creating tool return the first result (ADR 0002).
 IDEMPOTENCY_KEY = "idempotency_key"

@@ -1,5 +1,6 @@
 """WatchSession: follows one coding session by polling get_session_details and turns its
-events into a stream, ending with a final event once the session has succeeded or failed.
+events into a stream, ending with a final event once the session has ended (succeeded, failed
+or cancelled).
 
 Polling (not server push) because AutoCoder's tools are request/response; since_event keeps
 each poll to the new events only. An AutoCoder blip does not end the stream: polls keep going
