@@ -190,3 +190,78 @@ def test_router_hints_add_experts_to_a_team(hints: tuple[str, ...], expected: li
 )
 def test_a_project_is_named_after_the_request(request_text: str, name: str) -> None:
     assert project_name_for(request_text) == name
+
+
+# The seed's multi-language list: the same intents asked in Spanish and Portuguese (the
+# replies stay in English; the LLM, when configured, answers in the user's language).
+MULTILINGUAL: list[tuple[str, IntentKind, tuple[str, ...] | None]] = [
+    # Spanish
+    ("hola", K.GREETING, None),
+    ("¡Muchas gracias!", K.GREETING, None),
+    ("ayuda", K.HELP, None),
+    ("¿Qué puedes hacer?", K.HELP, None),
+    ("¿qué agentes hay?", K.AGENTS, None),
+    ("lista mis proyectos", K.LIST_PROJECTS, None),
+    ("hola, muéstrame mis proyectos por favor", K.LIST_PROJECTS, None),
+    ("¿cuántos proyectos tengo?", K.LIST_PROJECTS, None),
+    ("crea un proyecto tienda", K.CREATE_PROJECT, None),
+    ("nuevo proyecto blog", K.CREATE_PROJECT, None),
+    ("¿cómo va?", K.STATUS, None),
+    ("estado", K.STATUS, None),
+    ("¿ya está listo?", K.STATUS, None),
+    ("muéstrame los archivos", K.FILES, None),
+    ("¿qué hiciste?", K.RESULT, None),
+    ("construye una API REST con base de datos y pruebas", K.RUN_TASK, ("developer", "tester", "database")),
+    ("quiero una página de inicio de sesión", K.RUN_TASK, ("uiux",)),
+    ("despliega la app con docker", K.RUN_TASK, ("developer", "devops")),
+    # Portuguese
+    ("olá", K.GREETING, None),
+    ("obrigado!", K.GREETING, None),
+    ("ajuda", K.HELP, None),
+    ("o que você pode fazer?", K.HELP, None),
+    ("quais agentes existem?", K.AGENTS, None),
+    ("quais são os meus projetos?", K.LIST_PROJECTS, None),
+    ("listar projetos", K.LIST_PROJECTS, None),
+    ("cria um projeto loja", K.CREATE_PROJECT, None),
+    ("novo projeto receitas", K.CREATE_PROJECT, None),
+    ("como vai?", K.STATUS, None),
+    ("já terminou?", K.STATUS, None),
+    ("mostra os arquivos", K.FILES, None),
+    ("cria uma API de tarefas com testes", K.RUN_TASK, ("developer", "tester")),
+    ("preciso de um painel de vendas", K.RUN_TASK, ("uiux",)),
+    ("você pode criar um banco de dados para a loja?", K.RUN_TASK, ("database",)),
+]
+
+
+@pytest.mark.parametrize(("message", "kind", "agents"), MULTILINGUAL, ids=[c[0] for c in MULTILINGUAL])
+def test_spanish_and_portuguese_intents(
+    message: str, kind: IntentKind, agents: tuple[str, ...] | None
+) -> None:
+    intent = route(message)
+    assert intent.kind is kind
+    if agents is not None:
+        assert intent.agents == agents
+
+
+@pytest.mark.parametrize(
+    ("message", "name", "description"),
+    [
+        ("crea un proyecto tienda", "tienda", None),
+        ("Crea un proyecto llamado Tienda: una tienda de café", "Tienda", "una tienda de café"),
+        ("crea un proyecto nuevo llamado diseño para una web", "diseño", "una web"),
+        ("por favor, crea un proyecto para una tienda online", None, "una tienda online"),
+        ("cria um projeto chamado loja: uma loja online", "loja", "uma loja online"),
+        ("criar projeto 'Minha Loja' que seja uma loja de roupas", "Minha Loja", "uma loja de roupas"),
+    ],
+)
+def test_spanish_and_portuguese_project_names_keep_their_accents(
+    message: str, name: str | None, description: str | None
+) -> None:
+    assert route(message) == Intent(K.CREATE_PROJECT, name=name, description=description)
+
+
+def test_a_spanish_task_keeps_its_words_and_names_its_project() -> None:
+    intent = route("por favor construye una API de tareas con autenticación")
+    assert intent.task == "construye una API de tareas con autenticación"
+    assert project_name_for("construye una API de tareas con autenticación") == "api-de-tareas"
+    assert project_name_for("quero uma loja online") == "loja-online"

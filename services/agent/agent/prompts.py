@@ -33,8 +33,17 @@ Always be helpful, professional, and focused on delivering working code.
 """.strip()
 
 
+# The seed's multi-language support: the model answers in the user's language (the offline
+# router only recognises Spanish and Portuguese; its fixed texts stay English).
+LANGUAGE_GUIDELINE = (
+    "Language: always reply in the language the user writes in (Spanish, Portuguese, English or any "
+    "other); if they switch, switch with them. Keep slash commands (/list, /use, /run, /status, "
+    "/files, /share ...), project names, ids, file names and code exactly as they are."
+)
+
+
 def system_prompt(state: ConversationState) -> str:
-    context = ["", "Current context:"]
+    context = ["", LANGUAGE_GUIDELINE, "", "Current context:"]
     if state.active_project:
         context.append(
             f"- Active project: {state.active_project.name} (project_id {state.active_project.project_id})"

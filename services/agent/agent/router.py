@@ -1,9 +1,12 @@
 """The offline intent router: free text -> Intent, for when no LLM key is configured.
 
 Deliberately small and predictable: ordered rules (regexes over a cleaned-up copy of the
-message), first match wins, no scoring and no ML. When in doubt it answers UNKNOWN, and the
-agent says plainly that it did not understand and points at /help: a wrong guess that
-starts a coding task costs the user far more than a "try /help".
+message), first match wins, no scoring and no ML. The rules know English, Spanish and
+Portuguese phrasings (the seed's multi-language list); they match a copy without accents,
+so "qué"/"que" and "você"/"voce" are one spelling, while tasks and names keep theirs.
+When in doubt it answers UNKNOWN, and the agent says plainly that it did not understand
+and points at /help: a wrong guess that starts a coding task costs the user far more than
+a "try /help".
 """
 
 from __future__ import annotations
@@ -62,10 +65,15 @@ _LEAD_IN_RE = re.compile(
     r"|(?:can|could|would|will)\s+(?:you|u)(?:\s+please)?"
     r"|can\s+i|could\s+i|may\s+i"
     r"|i(?:\s+(?:want|need|would\s+like|wanna)|'d\s+like)\s+(?:you\s+)?to"
-    r"|i\s+wanna|let'?s|let\s+us|help\s+me(?:\s+to)?|go\s+ahead\s+and|bot)\b[\s,.!:;-]*",
+    r"|i\s+wanna|let'?s|let\s+us|help\s+me(?:\s+to)?|go\s+ahead\s+and|bot"
+    # Spanish and Portuguese (matched without accents)
+    r"|hola|buenas|ola|oi|bueno|vale|entonces|tambien|ahora|tambem|agora|entao"
+    r"|(?:me\s+)?(?:puedes|podrias|puede|podria)|(?:voce\s+)?(?:pode|podes|poderia)(?:\s+me)?"
+    r"|(?:quiero|quisiera|quero|queria|gostaria)\s+(?:que|de)|me\s+ayudas\s+a|ayudame\s+a|me\s+ajuda\s+a"
+    r")\b[\s,.!:;-]*",
     _FLAGS,
 )
-_PLEASE_RE = re.compile(r"\s*\b(?:please|pls|plz)\b\s*", _FLAGS)
+_PLEASE_RE = re.compile(r"\s*\b(?:please|pls|plz|por\s+favor|porfa)\b\s*", _FLAGS)
 
 
 def _clean(text: str) -> str:
@@ -77,10 +85,20 @@ def _clean(text: str) -> str:
     return " ".join(text.split()).strip(_EDGE_PUNCTUATION)
 
 
+def _fold(text: str) -> str:
+    """The same text without accents ("é" -> "e", "ç" -> "c"), character for character, so a
+    match's positions in the folded copy are its positions in the original."""
+    out = []
+    for ch in text:
+        base = "".join(c for c in unicodedata.normalize("NFD", ch) if not unicodedata.combining(c))
+        out.append(base if len(base) == 1 else ch)
+    return "".join(out)
+
+
 def _strip_lead_in(text: str) -> str:
     text = _PLEASE_RE.sub(" ", f" {text} ").strip(_EDGE_PUNCTUATION)
     while True:
-        m = _LEAD_IN_RE.match(text)
+        m = _LEAD_IN_RE.match(_fold(text))
         rest = text[m.end() :].strip(_EDGE_PUNCTUATION) if m else ""
         if not m or not rest:
             return text
@@ -190,15 +208,79 @@ _LIST_PROJECTS = _rx(
     r"\bprojects do i have\b",
 )
 
+
+# --------------------------------------------------------------------------------------
+# The same intents in Spanish and Portuguese, matched without accents (see _fold). Replies
+# stay in English: these only make sure "lista mis proyectos" is not "I didn't understand".
+# --------------------------------------------------------------------------------------
+
+_GREETING_ES_PT_RE = re.compile(
+    r"(?:hola|buenas|buen(?:os)? dias|buenas (?:tardes|noches)|que tal|(?:muchas )?gracias"
+    r"|ola|oi|bom dia|boa (?:tarde|noite)|tudo bem|(?:muito )?obrigad[oa]|valeu)"
+    r"(?:\s+(?:bot|amigo|amiga|de nuevo|de novo|a todos|pessoal))*",
+    _FLAGS,
+)
+_HELP += _rx(
+    r"^(?:ayuda|ayudame|ajuda|ajude-me|me ajuda|socorro|comandos|instrucciones|instrucoes|opciones|opcoes)$",
+    r"\bque (?:puedes|sabes|podes) hacer\b",
+    r"\bque (?:voce |tu )?(?:pode|podes|sabe|consegue) fazer\b",
+    r"^como (?:funciona|funcionas|te uso|se usa|uso esto|uso isso"
+    r"|usar (?:esto|isso|o bot|el bot))\b",
+    r"\b(?:muestra|mostra|lista|cuales son|quais sao) (?:me )?(?:los |os )?comandos\b",
+    r"^(?:quien|quem|que|o que) (?:eres|es|e|es tu|voce e)(?: tu| voce)?$",
+)
+_AGENTS += _rx(
+    r"^(?:que|cuales|quais|quantos|cuantos|lista|mostra|muestra(?:me)?|mostre)\b.*\bagentes?\b",
+    r"^(?:los |os )?agentes$",
+)
+_RESULT += _rx(
+    r"^que (?:hiciste|hicieron|has hecho|han hecho|fizeste|fez|fizeram|voce fez)\b",
+    r"^(?:cual|qual) (?:es|fue|e|foi) (?:el |o )?resultado\b",
+    r"^(?:muestra|mostra|mostre|dame|da-me)(?:me)? (?:el |o )?(?:resultado|resumen|resumo)\b",
+    r"^como (?:salio|fue|foi|correu|ficou)\b",
+)
+_STATUS += _rx(
+    r"^(?:estado|progreso|progresso|novedades|novidades|avance|andamento)\b(?:\s+(?:de|del|da|do)\b.*|\s+sess_\w+)?$",
+    r"^(?:cual es|qual e|como esta|como va|como vai|ver|mostra|muestra(?:me)?|mostre)\b.*"
+    r"\b(?:estado|progreso|progresso|status|andamento)\b",
+    r"^como (?:va|vai|anda|esta|estao)"
+    r"(?: (?:eso|isso|esto|isto|la tarea|a tarefa|el proyecto|o projeto|todo|tudo))?$",
+    r"^(?:ya )?(?:esta|estan|ja esta|ta) (?:listo|lista|pronto|pronta|terminado|terminada)\b",
+    r"^(?:ja )?(?:terminou|acabou|termino|acabo|terminaste)\b",
+)
+_FILES += _rx(
+    r"^(?:muestra|mostra|mostre|ensena|envia|manda|descarga|descargar|baixa|baixar|ver|quiero ver|quero ver"
+    r"|dame|da|de|pasame|passa)(?:me|-me)?(?: (?:los|las|mis|el|os|as|meus|minhas|o|todos los|todos os))?"
+    r"(?: (?:generados|gerados))? (?:archivos|ficheros|codigo|arquivos|ficheiros|resultados?)\b",
+    r"^(?:los |os |mis |meus )?(?:archivos|arquivos|ficheros|ficheiros)\b",
+    r"\bdonde (?:estan|esta) (?:los|mis|el) (?:archivos|codigo)\b",
+    r"\bonde (?:estao|esta|ficam) (?:os|meus|o) (?:arquivos|codigo)\b",
+)
+_LIST_PROJECTS += _rx(
+    r"^(?:lista|listar|listame|muestra|muestrame|mostrar|mostra|mostre|ver|dame|da-me|enumera)"
+    r"(?: me)?(?: (?:todos )?(?:mis|los|meus|os|tus|seus))? proye?c?tos\b",
+    r"^(?:lista|listar|ver|mostra|mostre)(?: (?:todos )?(?:mis|los|meus|os))? projetos\b",
+    r"\b(?:que|cuales|quais) (?:son |sao )?(?:mis |meus |os meus )?(?:proyectos|projetos)\b",
+    r"^(?:mis |meus |os meus |todos los |todos os )?(?:proyectos|projetos)$",
+    r"\b(?:cuantos|quantos) (?:proyectos|projetos)\b",
+    r"\b(?:proyectos|projetos) (?:tengo|tenho)\b",
+)
+
 # Creating a project: a creation verb whose object is "project" (at most two modifier
 # words in between: "a new django project"), so "create a docker configuration for the
 # project" does not qualify.
 _CREATE_PROJECT_RE = re.compile(
-    r"^(?:(?:create|start|make|set\s*up|init(?:iali[sz]e)?|begin|open|add|spin\s+up|kick\s+off)"
-    r"(?:\s+me)?(?:\s+(?:a|an|the|my))?(?:\s+(?!for\b|to\b|with\b|of\b|in\b)[\w-]+){0,2}?"
-    r"|new)\s+project\b(?P<rest>.*)$",
+    r"^(?:(?:create|start|make|set\s*up|init(?:iali[sz]e)?|begin|open|add|spin\s+up|kick\s+off"
+    # Spanish and Portuguese: crea/crear/creame, haz, inicia, empieza, abre; cria/criar/crie, faz/faca, comeca
+    r"|crea|crear|creame|haz|hazme|inicia|iniciar|empieza|empezar|abre|abrir"
+    r"|cria|criar|crie|faz|faca|fazer|comeca|comecar)"
+    r"(?:\s+me)?(?:\s+(?:a|an|the|my|un|una|el|mi|um|uma|o|meu))?"
+    r"(?:\s+(?!for\b|to\b|with\b|of\b|in\b|para\b|con\b|com\b|de\b|en\b|em\b)[\w-]+){0,2}?"
+    r"|new|nuevo|novo)\s+(?:project|proyecto|projeto|projecto)\b(?P<rest>.*)$",
     _FLAGS,
 )
+# "crea un proyecto nuevo llamado X": the adjective after the noun is not the name.
+_NEW_AFTER_RE = re.compile(r"^\s*(?:nuevo|nueva|novo|nova)\b", _FLAGS)
 # "create a project plan" is a planning task, not a project called "plan".
 _NOT_A_NAME = frozenset(
     "plan plans roadmap structure timeline skeleton scaffold template readme documentation docs"
@@ -206,16 +288,21 @@ _NOT_A_NAME = frozenset(
 )
 # Words that start a description rather than name the project.
 _DESCRIPTION_LEAD = re.compile(
-    r"^(?:for|that|which|to|about|where|with|using|in|on|like|as|and|then|but|so|now)\b", _FLAGS
+    r"^(?:for|that|which|to|about|where|with|using|in|on|like|as|and|then|but|so|now"
+    r"|para|que|sobre|con|com|usando|donde|onde|como|y|e|de|en|em)\b",
+    _FLAGS,
 )
 _NAMED_RE = re.compile(
-    r"^(?:(?:called|named|titled|name\s+it|with\s+(?:the\s+)?name)\s+)"
+    r"^(?:(?:called|named|titled|name\s+it|with\s+(?:the\s+)?name"
+    r"|llamado|llamada|que\s+se\s+llame|con(?:\s+el)?\s+nombre(?:\s+de)?"
+    r"|chamado|chamada|com\s+o\s+nome(?:\s+de)?)\s+)"
     r"(?:[\"'](?P<quoted>[^\"']+)(?:[\"']|$)|(?P<word>[\w][\w.-]*))(?P<rest>.*)$",
     _FLAGS,
 )
 _BARE_NAME_RE = re.compile(r"^(?:[\"'](?P<quoted>[^\"']+)(?:[\"']|$)|(?P<word>[\w][\w.-]*))(?P<rest>.*)$")
 _DESCRIPTION_JOINERS = re.compile(
-    r"^(?:[:,;.\-–—]+\s*|(?:that|which)\s+(?:is|will\s+be|does)\s+|(?:for|about|as|to)\s+)",
+    r"^(?:[:,;.\-–—]+\s*|(?:that|which)\s+(?:is|will\s+be|does)\s+|(?:for|about|as|to)\s+"
+    r"|que\s+(?:es|sea|sera|e|seja)\s+|(?:para|sobre)\s+)",
     _FLAGS,
 )
 
@@ -227,12 +314,21 @@ _TASK_VERBS = (
     "|remove|delete|rename|port|convert|rewrite|redesign|style|extend|enhance|automate|prepare"
     "|produce|outline|sketch|model|normali[sz]e|secure|install|publish|launch|ship|host|scale"
     "|split|merge|clean up|restructure|translate|validate"
+    # Spanish, then Portuguese (imperatives and infinitives; matched without accents)
+    "|construye|construir|construyeme|crea|crear|creame|escribe|escribir|haz|hazme|hacer|genera|generar"
+    "|disena|disenar|implementa|implementar|desarrolla|desarrollar|agrega|agregar|anade|anadir|arregla"
+    "|arreglar|corrige|corregir|despliega|desplegar|programa|programar|prueba|probar|documenta|documentar"
+    "|constroi|construa|cria|crie|criar|escreve|escreva|escrever|faz|faca|fazer|gera|gere|gerar|desenha"
+    "|desenhe|projeta|projete|desenvolve|desenvolva|desenvolver|adiciona|adicione|adicionar|conserta"
+    "|conserte|corrija|implanta|implante|implantar|testa|teste|testar"
 )
 _TASK_RE = re.compile(rf"^(?:{_TASK_VERBS})\b", _FLAGS)
 # ... or states a want ("I need a login page", "I'd like an API for ...").
 _WANT_RE = re.compile(
     r"^(?:(?:i(?:\s+(?:need|want|would\s+like)|'d\s+like)|i'm\s+looking\s+for)"
-    r"\s+(?:a|an|some|the|my|to\s+have)\b|(?:give|get)\s+me\s+\w)",
+    r"\s+(?:a|an|some|the|my|to\s+have)\b|(?:give|get)\s+me\s+\w"
+    r"|(?:quiero|quisiera|necesito|me\s+gustaria(?:\s+tener)?|quero|queria|preciso(?:\s+de)?|gostaria\s+de(?:\s+ter)?)"
+    r"\s+(?:un|una|unos|unas|el|la|mi|um|uma|uns|umas|o|a|meu|minha)\b|(?:dame|da-me|me\s+da|me\s+de)\s+\w)",
     _FLAGS,
 )
 
@@ -325,8 +421,54 @@ _AGENT_HINTS: dict[str, tuple[re.Pattern[str], ...]] = {
 }
 
 
+# The same hints in Spanish and Portuguese (matched without accents).
+for _name, _patterns in {
+    "planner": _rx(r"\bplan(?:ificar|ejar|o)?\b", r"\barquitect?ura\b", r"\bhitos\b", r"\bmarcos\b"),
+    "developer": _rx(
+        r"\bcodigo\b",
+        r"\baplicaci(?:on|ones)\b",
+        r"\baplica(?:cao|coes|tivo)\b",
+        r"\bservi(?:cio|cios|co|cos)\b",
+        r"\bfunc(?:ion|iones|ao|oes)\b",
+        r"\bsitio web\b",
+        r"\bservidor\b",
+    ),
+    "tester": _rx(r"\bpruebas?\b", r"\btestes?\b", r"\bprobar\b", r"\btestar\b"),
+    "uiux": _rx(
+        r"\binterfa(?:z|ce)\b",
+        r"\bpaginas?\b",
+        r"\bpantallas?\b",
+        r"\btelas?\b",
+        r"\bpain?el\b",
+        r"\bformularios?\b",
+        r"\bdiseno\b",
+        r"\bestilos?\b",
+    ),
+    "database": _rx(
+        r"\bbases? de datos\b",
+        r"\bbancos? de dados\b",
+        r"\besquemas?\b",
+        r"\btablas?\b",
+        r"\btabelas?\b",
+        r"\bconsultas?\b",
+        r"\bmigraci(?:on|ones)\b",
+        r"\bmigra(?:cao|coes)\b",
+    ),
+    "devops": _rx(
+        r"\bdespl(?:iegue|egar|iega)\w*\b",
+        r"\bimplant\w*\b",
+        r"\bcontenedor\w*\b",
+        r"\bconteiner\w*\b",
+        r"\binfraestrutura\b",
+        r"\binfraestructura\b",
+    ),
+}.items():
+    _AGENT_HINTS[_name] += _patterns
+
+
 def _agent_hints(task: str) -> tuple[str, ...]:
-    return tuple(name for name in AGENT_NAMES if _any(_AGENT_HINTS[name], task))
+    folded = _fold(task)
+    return tuple(name for name in AGENT_NAMES if _any(_AGENT_HINTS[name], folded))
 
 
 def _session_ref(text: str) -> str | None:
@@ -335,18 +477,23 @@ def _session_ref(text: str) -> str | None:
 
 
 def _create_project(rest: str) -> Intent:
-    """Pull an optional name and description out of what follows "project"."""
+    """Pull an optional name and description out of what follows "project". The rules read the
+    folded text; the name and description keep the user's accents."""
     rest = rest.strip(" \t:,;.-–—")
+    adjective = _NEW_AFTER_RE.match(_fold(rest))
+    if adjective:
+        rest = rest[adjective.end() :].strip(" \t:,;.-–—")
     name: str | None = None
-    named = _NAMED_RE.match(rest)
-    bare = None if named or _DESCRIPTION_LEAD.match(rest) else _BARE_NAME_RE.match(rest)
+    named = _NAMED_RE.match(_fold(rest))
+    bare = None if named or _DESCRIPTION_LEAD.match(_fold(rest)) else _BARE_NAME_RE.match(rest)
     m = named or bare
     if m:
-        name = (m.group("quoted") or m.group("word")).strip()
-        rest = m.group("rest")
+        group = "quoted" if m.group("quoted") else "word"
+        name = rest[m.start(group) : m.end(group)].strip()
+        rest = rest[m.start("rest") :]
     rest = rest.strip()
     while True:  # ": an online store", "for a todo REST API", "that is a blog"
-        j = _DESCRIPTION_JOINERS.match(rest)
+        j = _DESCRIPTION_JOINERS.match(_fold(rest))
         if not j or not j.group(0):
             break
         rest = rest[j.end() :].strip()
@@ -376,31 +523,32 @@ def route(text: str) -> Intent:
     if text.strip().startswith("/"):
         return _route_command(text.strip(), ref)
     # 2. A bare greeting; a greeting followed by a request is handled as the request.
-    if _GREETING_RE.fullmatch(cleaned):
+    if _GREETING_RE.fullmatch(cleaned) or _GREETING_ES_PT_RE.fullmatch(_fold(cleaned)):
         return Intent(IntentKind.GREETING)
     core = _strip_lead_in(cleaned)
+    folded = _fold(core)  # what the rules read; what they return comes from `core`
     # 3. Questions about the bot itself come before anything that could read as a task.
-    if _any(_HELP, core):
+    if _any(_HELP, folded):
         return Intent(IntentKind.HELP)
-    if _any(_AGENTS, core):
+    if _any(_AGENTS, folded):
         return Intent(IntentKind.AGENTS)
     # 4. Results, status and files before tasks: "show me the code" is not "write code".
-    if _any(_RESULT, core):
+    if _any(_RESULT, folded):
         return Intent(IntentKind.RESULT, session_ref=ref)
-    if _any(_STATUS, core):
+    if _any(_STATUS, folded):
         return Intent(IntentKind.STATUS, session_ref=ref)
-    if _any(_FILES, core):
+    if _any(_FILES, folded):
         return Intent(IntentKind.FILES, session_ref=ref)
-    if _any(_LIST_PROJECTS, core):
+    if _any(_LIST_PROJECTS, folded):
         return Intent(IntentKind.LIST_PROJECTS)
     # 5. Project creation before tasks: both start with "create".
-    created = _CREATE_PROJECT_RE.match(core)
+    created = _CREATE_PROJECT_RE.match(folded)
     if created:
         first_word = (created.group("rest").split() or [""])[0].lower()
         if first_word not in _NOT_A_NAME:
-            return _create_project(created.group("rest"))
+            return _create_project(core[created.start("rest") :])
     # 6. Anything phrased as work is a coding task.
-    if _TASK_RE.match(core) or _WANT_RE.match(core):
+    if _TASK_RE.match(folded) or _WANT_RE.match(folded):
         return Intent(IntentKind.RUN_TASK, task=core, agents=_agent_hints(core))
     # 7. A bare session id asks about that session.
     if ref is not None and core.lower() == ref:
@@ -411,13 +559,16 @@ def route(text: str) -> Intent:
 # A project named after a request: what is to be built, without the asking around it.
 _NAME_LEAD_RE = re.compile(
     rf"^(?:(?:{_TASK_VERBS})\s+|(?:i(?:\s+(?:need|want|would\s+like)|'d\s+like)|i'm\s+looking\s+for"
-    r"|give\s+me|get\s+me)\s+)?(?:(?:me|us)\s+)?(?:(?:a|an|the|my|our|some)\s+)?"
-    r"(?:(?:new|simple|small|basic|quick|little|tiny|nice|full|complete|working)\s+)*",
+    r"|give\s+me|get\s+me|quiero|necesito|quero|preciso(?:\s+de)?|dame|da-me)\s+)?(?:(?:me|us)\s+)?"
+    r"(?:(?:a|an|the|my|our|some|un|una|el|la|mi|um|uma|o|a|meu|minha)\s+)?"
+    r"(?:(?:new|simple|small|basic|quick|little|tiny|nice|full|complete|working"
+    r"|nuevo|nueva|sencillo|sencilla|pequeno|pequena|novo|nova|simples)\s+)*",
     _FLAGS,
 )
 # Where the thing's name ends and its description begins.
 _NAME_STOP_RE = re.compile(
-    r"\b(?:with|that|which|using|for|in|on|where|to|and|so|from|via|who|plus|including)\b",
+    r"\b(?:with|that|which|using|for|in|on|where|to|and|so|from|via|who|plus|including"
+    r"|con|com|que|para|usando|donde|onde|y|e|en|em)\b",
     _FLAGS,
 )
 _NAME_MAX_WORDS = 3
@@ -425,7 +576,7 @@ _NAME_MAX_WORDS = 3
 
 def project_name_for(task: str) -> str:
     """A short project name for a request: "build me a todo app with a database" -> "todo-app"."""
-    core = _strip_lead_in(_clean(task))
+    core = _fold(_strip_lead_in(_clean(task)))  # a name is plain ASCII: "diseño" -> "diseno"
     core = _NAME_LEAD_RE.sub("", core, count=1)
     core = _NAME_STOP_RE.split(core, maxsplit=1)[0]
     words = re.findall(r"[a-z0-9]+", core.lower())[:_NAME_MAX_WORDS]
