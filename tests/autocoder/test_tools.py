@@ -15,6 +15,7 @@ TOOLS = {
     "check_system_health": set(),
     "share_project": {"project_id", "member"},
     "unshare_project": {"project_id", "member"},
+    "cancel_session": {"session_id"},
 }
 
 
