@@ -22,6 +22,8 @@ HELP = """*WhatsApp-Coder* 🤖 build software by chat
 /files [session] — every file of a session, and a zip
 /cancel [session] — stop a running session
 /agents — the six AutoCoder agents
+/share <project> <number> — give a whitelisted number access to your project
+/unshare <project> <number> — take that access back
 /clear — forget this conversation
 /help — this message
 
