@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import json
 import re
 import struct
 import threading
@@ -25,6 +26,8 @@ from agent.catalog import HELP
 from agent.media import IMAGE_ALONE_OFFLINE, IMAGE_PASSED_ON, VOICE_NEEDS_LLM
 from devtools.stack import Stack
 
+from tests.autocoder.conftest import AutoCoderServer, call, call_error, mcp_client
+from tests.autocoder.conftest import wait_finished as session_finished
 from tests.harness import (
     ACCOUNT_SID,
     Conversation,
@@ -360,3 +363,63 @@ def test_media_leave_nothing_private_in_logs_or_redis(
         text = log_path.read_text() if log_path else ""
         for private in (secret_words, "/Media/", ACCOUNT_SID, grace.phone):
             assert private not in text, f"{private!r} in the {name} log"
+
+
+# AutoCoder's UI/UX agent with its own LLM: the design reference reaches the model as image input.
+
+
+@pytest.fixture(scope="module")
+def uiux_llm() -> Iterator[FakeLlm]:
+    fake = FakeLlm()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def llm_autocoder(uiux_llm: FakeLlm) -> Iterator[AutoCoderServer]:
+    server = AutoCoderServer(
+        OPENAI_API_KEY="sk-fake-key",
+        OPENAI_BASE_URL=f"{uiux_llm.url}/v1",
+        LLM_MODEL="fake-uiux",
+        LLM_TIMEOUT_S="10",
+        AUTOCODER_LLM="auto",
+    ).start()
+    yield server
+    assert server.stop() == 0
+    server.cleanup()
+
+
+async def test_autocoders_uiux_agent_gives_the_design_reference_to_its_llm_as_image_input(
+    uiux_llm: FakeLlm, llm_autocoder: AutoCoderServer
+) -> None:
+    image = png(30, 20)
+    page = json.dumps({"files": [{"path": "ui/index.html", "content": "<h1>like it</h1>"}], "message": "ok"})
+    uiux_llm.script([{"text": page}])
+    reference = [{"content_type": "image/png", "data": base64.b64encode(image).decode()}]
+    async with mcp_client(llm_autocoder.mcp_url) as s:
+        project = await call(s, "create_project", name="looks")
+        queued = await call(
+            s,
+            "execute_coding_task",
+            project_id=project["project_id"],
+            task="a page like this",
+            agents=["uiux"],
+            design_reference=reference,
+        )
+        details = await session_finished(s, queued["session_id"])
+        # Checked before anything runs: a reference that is not what it says is a tool error.
+        error = await call_error(
+            s,
+            "execute_coding_task",
+            project_id=project["project_id"],
+            task="again",
+            design_reference=[{"content_type": "image/jpeg", "data": reference[0]["data"]}],
+        )
+    assert details["status"] == "succeeded" and details["agents"] == {"uiux": "done"}, details
+    [request] = uiux_llm.requests()
+    assert "You are the uiux agent" in request["messages"][0]["content"]
+    parts = request["messages"][-1]["content"]
+    assert {"type": "image_url", "image_url": {"url": "data:image/png;base64," + reference[0]["data"]}} in [
+        {k: v for k, v in part.items() if k in ("type", "image_url")} for part in parts
+    ]
+    assert "not a image/jpeg image" in error
