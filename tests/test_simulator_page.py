@@ -302,7 +302,9 @@ def png(width: int = 4, height: int = 4) -> bytes:
     )
 
 
-def test_an_attachment_is_posted_as_twilio_posts_media(page: Page, page_url: str, tmp_path: Path) -> None:
+def test_an_attachment_is_posted_as_twilio_posts_media(
+    page: Page, page_url: str, make_run: MakeRun, tmp_path: Path
+) -> None:
     open_chats(page, page_url, CAROL)
     image = tmp_path / "sketch.png"
     image.write_bytes(png())
@@ -336,7 +338,8 @@ def test_an_attachment_is_posted_as_twilio_posts_media(page: Page, page_url: str
         assert form["NumMedia"] == "1" and form["MediaContentType0"] == content_type
         assert form["MessageType"] == kind
         assert form["MediaUrl0"] == shown.get_attribute("src")
-        assert form["MediaUrl0"].startswith(f"{page_url}/2010-04-01/Accounts/")
+        # Hosted where Twilio's API is, as Twilio hosts media: the agent fetches it from there only.
+        assert form["MediaUrl0"].startswith(f"{make_run.env['TWILIO_API_BASE_URL']}/2010-04-01/Accounts/")
         fetched = httpx.get(form["MediaUrl0"])
         assert fetched.status_code == 200 and fetched.content == path.read_bytes()
         assert fetched.headers["content-type"].startswith(content_type)

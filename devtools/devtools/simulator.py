@@ -64,8 +64,11 @@ def offered_phones(env: Mapping[str, str]) -> list[str]:
     return [n.strip() for n in numbers if E164.match(n.strip())]
 
 
-def page_routes(state: SimState, phones: Callable[[], list[str]]) -> list[BaseRoute]:
-    """The page and what it calls, over the Twilio stand-in's `state`."""
+def page_routes(
+    state: SimState, phones: Callable[[], list[str]], media_base_url: str | None = None
+) -> list[BaseRoute]:
+    """The page and what it calls, over the Twilio stand-in's `state`; attachments are hosted at
+    `media_base_url` (Twilio's API, as this process serves it), else at the page's own URL."""
 
     async def index(request: Request) -> Response:
         return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
@@ -117,8 +120,11 @@ def page_routes(state: SimState, phones: Callable[[], list[str]]) -> list[BaseRo
             return PlainTextResponse("phone: an E.164 number, e.g. +15550001234", status_code=400)
         if not body.strip() and not media:
             return PlainTextResponse("nothing to send", status_code=400)
+        # Attachments are hosted where Twilio's API is (TWILIO_API_BASE_URL), as Twilio hosts them:
+        # the agent sends the account's credentials to that host only.
+        base_url = media_base_url or str(request.base_url)
         async with httpx.AsyncClient(timeout=20) as client:
-            record = await send_inbound(state, client, phone, body, media, base_url=str(request.base_url))
+            record = await send_inbound(state, client, phone, body, media, base_url=base_url)
         return JSONResponse({k: v for k, v in record.items() if k != "form"})
 
     async def read(request: Request) -> Response:
@@ -156,7 +162,8 @@ def simulator_state(env: Mapping[str, str]) -> SimState:
 
 
 def simulator_app(state: SimState, env: Mapping[str, str]) -> Starlette:
-    return build_app(state, page_routes(state, lambda: offered_phones(env)))
+    media_base_url = env.get("TWILIO_API_BASE_URL", CHAT_TWILIO_URL) if api_port(env) is not None else None
+    return build_app(state, page_routes(state, lambda: offered_phones(env), media_base_url))
 
 
 def page_url(env: Mapping[str, str]) -> str:
