@@ -63,6 +63,7 @@ def helm_values(
     config: dict[str, Any] = {}
     if twilio.get("messagingServiceSid"):
         config["twilioMessagingServiceSid"] = twilio["messagingServiceSid"]
+        config["twilioMessagingServiceSenders"] = int(twilio.get("messagingServiceSenders", 1))
     if twilio.get("whatsappNumber"):
         config["twilioWhatsappNumber"] = twilio["whatsappNumber"]
     if twilio.get("publicBaseUrl"):

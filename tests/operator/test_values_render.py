@@ -136,12 +136,13 @@ def test_the_two_colours_share_no_name(tmp_path: Path) -> None:
 def test_a_messaging_service_and_an_external_autocoder(tmp_path: Path) -> None:
     spec = {
         **SPEC,
-        "twilio": {"messagingServiceSid": "MG" + "0" * 32},
+        "twilio": {"messagingServiceSid": "MG" + "0" * 32, "messagingServiceSenders": 4},
         "autocoder": {"mcpUrl": "https://autocoder.example.org/mcp", "secretRef": {"name": "ac", "key": "k"}},
     }
     deps = deployments(render("acme", spec, Colour.BLUE, tmp_path))
     assert "autocoder" not in deps
     assert env(deps["notifier"])["TWILIO_MESSAGING_SERVICE_SID"]["value"] == "MG" + "0" * 32
+    assert env(deps["notifier"])["TWILIO_MESSAGING_SERVICE_SENDERS"]["value"] == "4"  # 4 × 80 msg/s
     bridge = env(deps["mcp-bridge"])
     assert bridge["AUTOCODER_MCP_URL"]["value"] == "https://autocoder.example.org/mcp"
     assert bridge["AUTOCODER_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ac", "key": "k"}

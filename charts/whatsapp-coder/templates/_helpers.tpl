@@ -93,7 +93,8 @@ agent:
   metricsPort: 9101
   healthPort: metrics
   botConfig: true
-  secrets: [redisUrl, phoneHashSalt, stateEncryptionKey, serviceToken, openaiApiKey]
+  # Twilio's credentials: the media users send are fetched from Twilio's API with them.
+  secrets: [redisUrl, twilioAccountSid, twilioAuthToken, phoneHashSalt, stateEncryptionKey, serviceToken, openaiApiKey]
 mcp-bridge:
   values: mcpBridge
   module: mcp_bridge.main

@@ -228,8 +228,9 @@ SEND_RATE_TTL_S = 60
 
 
 def send_rate(sender: str) -> str:
-    """When one sender number's next send may go (GCRA), shared by every notifier replica and
-    both colours: the limit is the number's. (Not `send_rate:`, a hash in older releases.)"""
+    """When a sender's next send may go (GCRA): one number's, or a Messaging Service's (its
+    SID). Shared by every notifier replica and both colours: the limit is the sender's. (Not
+    `send_rate:`, a hash in older releases.)"""
     return f"notifier:send_slot:{sender}"
 
 

@@ -13,7 +13,7 @@ import sys
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wacoder import keys
@@ -60,8 +60,10 @@ class Settings(BaseSettings):
     twilio_account_sid: str = "AC00000000000000000000000000000000"
     twilio_auth_token: SecretStr | None = None
     twilio_whatsapp_number: str = "whatsapp:+14155238886"
-    # Send through a Twilio Messaging Service (a pool of senders) instead of one `From` number.
+    # Send through a Twilio Messaging Service (a pool of senders) instead of one `From` number;
+    # the number of senders in its pool multiplies the send rate (NOTIFIER_SEND_RATE_PER_S each).
     twilio_messaging_service_sid: str | None = None
+    twilio_messaging_service_senders: int = Field(default=1, ge=1)
     twilio_api_base_url: str = "https://api.twilio.com"
     public_base_url: str = "http://127.0.0.1:8000"
     # Comma-separated addresses of reverse proxies whose X-Forwarded-* headers the webhook

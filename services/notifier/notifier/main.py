@@ -39,7 +39,7 @@ async def run() -> None:
     cipher = StateCipher.from_settings(settings)
     outbox = Outbox(redis, cipher, settings)
     sender = TwilioSender(settings)
-    limiter = SendRateLimiter(redis, settings.twilio_whatsapp_number, settings.notifier_send_rate_per_s)
+    limiter = SendRateLimiter.from_settings(redis, settings)
     worker = OutboxWorker(
         redis, outbox, sender, limiter, settings, consumer=replica_name(settings, settings.notifier_addr)
     )

@@ -19,6 +19,7 @@ import asyncio
 
 from wacoder import keys
 from wacoder.redis import Store
+from wacoder.settings import Settings
 
 # KEYS[1] the sender's TAT (microseconds, Redis clock). ARGV: interval µs, burst tolerance µs,
 # idle ttl ms. Reserves the next slot; returns the microseconds to wait for it (0: send now).
@@ -39,6 +40,19 @@ return wait
 
 
 class SendRateLimiter:
+    @classmethod
+    def from_settings(cls, redis: Store, settings: Settings) -> SendRateLimiter:
+        """One number: its own allowance. A Messaging Service: Twilio spreads its messages over
+        the pool's senders (sticky per recipient), so the service's allowance is the pool's,
+        `TWILIO_MESSAGING_SERVICE_SENDERS` times one sender's."""
+        if settings.twilio_messaging_service_sid:
+            return cls(
+                redis,
+                settings.twilio_messaging_service_sid,
+                settings.notifier_send_rate_per_s * settings.twilio_messaging_service_senders,
+            )
+        return cls(redis, settings.twilio_whatsapp_number, settings.notifier_send_rate_per_s)
+
     def __init__(self, redis: Store, sender: str, rate_per_s: float) -> None:
         self.redis = redis
         self.key = keys.send_rate(sender)
