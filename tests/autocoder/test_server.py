@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.autocoder.conftest import AutoCoderServer, call, mcp_client, wait_finished
+from tests.autocoder.test_tools import TOOLS
 
 API_KEY = "test-api-key-5f1d"
 
@@ -35,7 +36,7 @@ async def test_bearer_token_guards_mcp() -> None:
                 await s.list_tools()
 
         async with mcp_client(server.mcp_url, headers={"Authorization": f"Bearer {API_KEY}"}) as s:
-            assert len((await s.list_tools()).tools) == 6
+            assert {t.name for t in (await s.list_tools()).tools} == set(TOOLS)
             assert (await call(s, "check_system_health"))["status"] == "ok"
     finally:
         assert server.stop() == 0, "SIGTERM must end the server cleanly (exit code 0)"
