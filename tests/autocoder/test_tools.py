@@ -19,7 +19,7 @@ TOOLS = {
 }
 
 
-async def test_tools_list_returns_the_six_tools_with_schemas(autocoder: AutoCoderServer) -> None:
+async def test_tools_list_returns_every_tool_with_its_schema(autocoder: AutoCoderServer) -> None:
     async with mcp_client(autocoder.mcp_url) as s:
         tools = {t.name: t for t in (await s.list_tools()).tools}
     assert set(tools) == set(TOOLS)
@@ -39,6 +39,7 @@ async def test_tools_list_returns_the_six_tools_with_schemas(autocoder: AutoCode
         "task",
         "agents",
         "idempotency_key",
+        "design_reference",  # images the UI/UX agent follows (ADR 0002)
     }
     assert set(tools["get_session_details"].inputSchema["properties"]) == {"session_id", "since_event"}
     assert set(tools["get_session_details"].outputSchema["properties"]) == {
