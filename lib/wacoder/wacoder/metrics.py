@@ -10,16 +10,17 @@ session id or any other value a request brings.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
 from wacoder.ops_http import Reply
+from wacoder.server_calls import ServerCall, observed
 
 log = logging.getLogger("wacoder.metrics")
 
@@ -99,45 +100,14 @@ def server_code(context: grpc.aio.ServicerContext, outcome: str) -> str:
     return code_name(code)
 
 
-def _observe_server(method: str, started: float, context: Any, outcome: str) -> None:
-    GRPC_SERVER_HANDLED.labels(method, server_code(context, outcome)).inc()
-    GRPC_SERVER_SECONDS.labels(method).observe(time.perf_counter() - started)
-
-
-def _measured(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-    """`behavior` (a handler's function: a coroutine, or an async generator for a streaming
-    reply) with its calls counted and timed."""
-    if inspect.isasyncgenfunction(behavior):
-
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            started, outcome = time.perf_counter(), "UNKNOWN"
-            try:
-                async for reply in behavior(request, context):
-                    yield reply
-                outcome = "OK"
-            except (asyncio.CancelledError, GeneratorExit):
-                outcome = "CANCELLED"
-                raise
-            finally:
-                _observe_server(method, started, context, outcome)
-
-        return streaming
-
-    async def unary(request: Any, context: Any) -> Any:
-        started, outcome = time.perf_counter(), "UNKNOWN"
-        try:
-            result = behavior(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            outcome = "OK"
-            return result
-        except asyncio.CancelledError:
-            outcome = "CANCELLED"
-            raise
-        finally:
-            _observe_server(method, started, context, outcome)
-
-    return unary
+@contextlib.contextmanager
+def _measured(call: ServerCall) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        GRPC_SERVER_HANDLED.labels(call.method, server_code(call.context, call.outcome)).inc()
+        GRPC_SERVER_SECONDS.labels(call.method).observe(time.perf_counter() - started)
 
 
 class ServerMetrics(grpc.aio.ServerInterceptor):
@@ -152,18 +122,7 @@ class ServerMetrics(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler  # an unknown method: its name is whatever the caller sent
-        method = details.method
-        if handler.unary_unary is not None:
-            wrap, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        elif handler.unary_stream is not None:
-            wrap, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-        else:
-            return handler  # client streaming: none of our services has one
-        return wrap(
-            _measured(method, behavior),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return observed(handler, details.method, _measured)
 
 
 # Tasks that record a finished client call; kept here so that they are not collected early.

@@ -26,11 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import inspect
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -40,6 +39,7 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from wacoder.metrics import code_name, server_code
+from wacoder.server_calls import ServerCall, observed
 
 log = logging.getLogger("wacoder.tracing")
 
@@ -275,40 +275,13 @@ def _close_server_span(span_: Span, context: Any, outcome: str) -> None:
         fail(span_, name)
 
 
-def _traced(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-    if inspect.isasyncgenfunction(behavior):
-
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            with _server_span(method, context) as span_:
-                outcome = "UNKNOWN"
-                try:
-                    async for reply in behavior(request, context):
-                        yield reply
-                    outcome = "OK"
-                except (asyncio.CancelledError, GeneratorExit):
-                    outcome = "CANCELLED"
-                    raise
-                finally:
-                    _close_server_span(span_, context, outcome)
-
-        return streaming
-
-    async def unary(request: Any, context: Any) -> Any:
-        with _server_span(method, context) as span_:
-            outcome = "UNKNOWN"
-            try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    result = await result
-                outcome = "OK"
-                return result
-            except asyncio.CancelledError:
-                outcome = "CANCELLED"
-                raise
-            finally:
-                _close_server_span(span_, context, outcome)
-
-    return unary
+@contextlib.contextmanager
+def _traced(call: ServerCall) -> Iterator[None]:
+    with _server_span(call.method, call.context) as span_:
+        try:
+            yield
+        finally:
+            _close_server_span(span_, call.context, call.outcome)
 
 
 class ServerTracing(grpc.aio.ServerInterceptor):
@@ -322,17 +295,7 @@ class ServerTracing(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(_HEALTH):
             return handler  # unknown methods and probes are not worth a trace
-        if handler.unary_unary is not None:
-            wrap, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        elif handler.unary_stream is not None:
-            wrap, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-        else:
-            return handler  # client streaming: none of our services has one
-        return wrap(
-            _traced(details.method, behavior),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return observed(handler, details.method, _traced)
 
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
