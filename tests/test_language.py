@@ -22,13 +22,7 @@ def llm() -> Iterator[FakeLlm]:
 
 @pytest.fixture(scope="module")
 def stack_overrides(llm: FakeLlm) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": f"{llm.url}/v1",
-        "LLM_MODEL": "gpt-test",
-        "LLM_TIMEOUT_S": "15",
-        "AUTOCODER_LLM": "builtin",
-    }
+    return llm.stack_env()
 
 
 def test_the_system_prompt_asks_for_the_users_language(

@@ -30,6 +30,20 @@ class FakeLlm:
         )
         wait_for_port(self.port)
 
+    def stack_env(self) -> dict[str, str]:
+        """What a stack needs to talk to this LLM."""
+        return {
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": f"{self.url}/v1",
+            "LLM_MODEL": "gpt-test",
+            # Room for a first call on a busy machine (CI saw 8 s run out); the timeout case
+            # waits far longer than this.
+            "LLM_TIMEOUT_S": "15",
+            # AutoCoder's own agents would use the same LLM; here they use their built-in
+            # generators (the UI/UX one notes a design reference).
+            "AUTOCODER_LLM": "builtin",
+        }
+
     def script(self, answers: list[dict[str, Any]], fail_with: int | None = None, delay_s: float = 0) -> None:
         httpx.post(
             f"{self.url}/_fake/script", json={"answers": answers, "fail_with": fail_with, "delay_s": delay_s}
@@ -56,16 +70,7 @@ def llm() -> Iterator[FakeLlm]:
 
 @pytest.fixture(scope="module")
 def stack_overrides(llm: FakeLlm) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": f"{llm.url}/v1",
-        "LLM_MODEL": "gpt-test",
-        # Room for a first call on a busy machine (CI saw 8 s run out); the timeout case waits
-        # far longer than this.
-        "LLM_TIMEOUT_S": "15",
-        # AutoCoder's own agents would use the same LLM; here they use their built-in generators.
-        "AUTOCODER_LLM": "builtin",
-    }
+    return llm.stack_env()
 
 
 @pytest.fixture

@@ -151,14 +151,7 @@ def llm() -> Iterator[FakeLlm]:
 
 @pytest.fixture(scope="module")
 def stack_overrides(llm: FakeLlm) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": f"{llm.url}/v1",
-        "LLM_MODEL": "gpt-test",
-        "LLM_TIMEOUT_S": "15",
-        # AutoCoder's agents use their built-in generators: the UI/UX one notes the reference.
-        "AUTOCODER_LLM": "builtin",
-    }
+    return llm.stack_env()
 
 
 @pytest.fixture(scope="module")

@@ -192,11 +192,7 @@ def stack_overrides(receiver: OtlpReceiver, llm: FakeLlm) -> dict[str, str]:
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
         "NOTIFIER_BACKOFF_BASE_S": "0.05",
         # Free text goes through the LLM agent (a local stand-in); commands do not.
-        "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": f"{llm.url}/v1",
-        "LLM_MODEL": "gpt-test",
-        "LLM_TIMEOUT_S": "15",
-        "AUTOCODER_LLM": "builtin",
+        **llm.stack_env(),
     }
 
 
