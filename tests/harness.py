@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -344,3 +345,80 @@ def inbox_length(r: Any) -> int:
 def active_relays(r: Any) -> int:
     """Coding sessions whose progress is being relayed, over all shards."""
     return sum(r.scard(keys.active_watches(shard)) for shard in range(keys.SHARDS))
+
+
+def make_run_env(**overrides: str) -> dict[str, str]:
+    """The environment of a `make run` (python -m devtools.run) on free ports, so that it runs
+    beside anything else: the developer's own settings for Twilio, Redis, the whitelist and the
+    LLM left out (it uses its embedded defaults unless `overrides` say otherwise)."""
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TWILIO_", "REDIS_", "ALLOWED_", "OPENAI_", "SIMULATOR_", "BOT_CONFIG"))
+    }
+    webhook, autocoder = free_port(), free_port()
+    env = keep | {
+        "WEBHOOK_PORT": str(webhook),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{webhook}",
+        "AGENT_ADDR": f"127.0.0.1:{free_port()}",
+        "MCP_BRIDGE_ADDR": f"127.0.0.1:{free_port()}",
+        "NOTIFIER_ADDR": f"127.0.0.1:{free_port()}",
+        "AUTOCODER_PORT": str(autocoder),
+        "AUTOCODER_MCP_URL": f"http://127.0.0.1:{autocoder}/mcp",
+        # The WhatsApp simulator: its page, and the Twilio Messages API the notifier sends to.
+        "SIMULATOR_PORT": str(free_port()),
+        "TWILIO_API_BASE_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    env |= {
+        f"{name}_METRICS_PORT": str(free_port()) for name in ("AGENT", "MCP_BRIDGE", "NOTIFIER", "AUTOCODER")
+    }
+    return env | overrides
+
+
+class MakeRun:
+    """`python -m devtools.run` (what `make run` runs) in a directory of its own, its output
+    collected line by line."""
+
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "devtools.run"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_line(self, pattern: str, timeout_s: float = 90.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            exited = self.proc.poll() is not None
+            if exited:
+                self._reader.join(5)  # its last lines are read before we look
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            assert not exited, f"make run exited before {pattern!r}:\n" + "\n".join(self.lines)
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+    def pid(self, service: str) -> int:
+        return int(self.wait_line(rf"\] {service}\s+pid (\d+)").group(1))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -4,18 +4,15 @@ its health port printed, a crashed or hung service restarted, and a clean stop o
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from devtools.stack import free_port
+
+from tests.harness import MakeRun, make_run_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # The services with a health port of their own (the webhook serves /livez, /readyz on its port).
@@ -27,56 +24,10 @@ HEALTH_PORTS = {
 }
 
 
-class Supervisor:
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devtools.run"],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_line(self, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
-
-    def pid(self, service: str) -> int:
-        return int(self.wait_line(rf"\] {service}\s+pid (\d+)").group(1))
-
-
 @pytest.fixture
-def supervisor(tmp_path: Path) -> Iterator[tuple[Supervisor, dict[str, str]]]:
-    webhook = free_port()
-    keep = {
-        k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "REDIS_", "ALLOWED_", "OPENAI_"))
-    }
-    env = keep | {
-        "WEBHOOK_PORT": str(webhook),
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{webhook}",
-        "AGENT_ADDR": f"127.0.0.1:{free_port()}",
-        "MCP_BRIDGE_ADDR": f"127.0.0.1:{free_port()}",
-        "NOTIFIER_ADDR": f"127.0.0.1:{free_port()}",
-    }
-    env |= {f"{name}_METRICS_PORT": str(free_port()) for name in HEALTH_PORTS}
-    autocoder = free_port()
-    env |= {"AUTOCODER_PORT": str(autocoder), "AUTOCODER_MCP_URL": f"http://127.0.0.1:{autocoder}/mcp"}
-    # The WhatsApp simulator: its page, and the Twilio Messages API the notifier sends to.
-    env |= {"SIMULATOR_PORT": str(free_port()), "TWILIO_API_BASE_URL": f"http://127.0.0.1:{free_port()}"}
-    sup = Supervisor(tmp_path, env)
+def supervisor(tmp_path: Path) -> Iterator[tuple[MakeRun, dict[str, str]]]:
+    env = make_run_env()
+    sup = MakeRun(tmp_path, env)
     yield sup, env
     if sup.proc.poll() is None:
         sup.proc.kill()
@@ -96,9 +47,7 @@ def wait_healthy(env: dict[str, str], timeout_s: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-def test_make_run_supervises_the_platform(
-    supervisor: tuple[Supervisor, dict[str, str]], tmp_path: Path
-) -> None:
+def test_make_run_supervises_the_platform(supervisor: tuple[MakeRun, dict[str, str]], tmp_path: Path) -> None:
     sup, env = supervisor
     sup.wait_line(r"Ctrl-C stops everything", timeout_s=90)
     assert sup.wait_line(r"embedded Redis: \S*redis-server on redis://127.0.0.1:\d+")

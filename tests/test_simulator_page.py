@@ -6,14 +6,11 @@ is the README's (docs/images/simulator.png)."""
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import shutil
 import struct
-import subprocess
-import sys
-import threading
-import time
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +19,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from devtools.stack import free_port
 from playwright.sync_api import Browser, Page, Playwright, Request, expect, sync_playwright
 from wacoder import keys
 
-from tests.harness import HASH_SALT, RedisServer, user_of
+from tests.harness import HASH_SALT, MakeRun, RedisServer, make_run_env, user_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "images" / "simulator.png"
@@ -46,73 +42,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class MakeRun:
-    """`python -m devtools.run` (what `make run` runs) in a directory of its own, on free ports."""
-
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.env = env
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devtools.run"],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_line(self, pattern: str, timeout_s: float = 90.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            assert self.proc.poll() is None, "make run exited:\n" + "\n".join(self.lines)
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def make_run(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeRun]:
-    keep = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TWILIO_", "REDIS_", "ALLOWED_", "OPENAI_", "SIMULATOR_", "BOT_CONFIG"))
-    }
-    webhook, autocoder = free_port(), free_port()
-    env = keep | {
-        "REDIS_URL": redis_server.url,
-        "PHONE_HASH_SALT": HASH_SALT,
-        "ALLOWED_PHONE_NUMBERS": f"{ALICE},{BOB},{CAROL}",
-        "WEBHOOK_PORT": str(webhook),
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{webhook}",
-        "AGENT_ADDR": f"127.0.0.1:{free_port()}",
-        "MCP_BRIDGE_ADDR": f"127.0.0.1:{free_port()}",
-        "NOTIFIER_ADDR": f"127.0.0.1:{free_port()}",
-        "AUTOCODER_PORT": str(autocoder),
-        "AUTOCODER_MCP_URL": f"http://127.0.0.1:{autocoder}/mcp",
-        "AUTOCODER_SANDBOX": "auto" if shutil.which("bwrap") else "none",
-        "SIMULATOR_PORT": str(free_port()),
-        "TWILIO_API_BASE_URL": f"http://127.0.0.1:{free_port()}",
-    }
-    env |= {
-        f"{name}_METRICS_PORT": str(free_port()) for name in ("AGENT", "MCP_BRIDGE", "NOTIFIER", "AUTOCODER")
-    }
+    env = make_run_env(
+        REDIS_URL=redis_server.url,
+        PHONE_HASH_SALT=HASH_SALT,
+        ALLOWED_PHONE_NUMBERS=f"{ALICE},{BOB},{CAROL}",
+        AUTOCODER_SANDBOX="auto" if shutil.which("bwrap") else "none",
+    )
     run = MakeRun(tmp_path_factory.mktemp("make-run"), env)
     try:
         run.wait_line(r"Ctrl-C stops everything")
@@ -214,22 +151,20 @@ def test_a_conversation_as_a_whatsapp_user_sees_it(
     assert passed and int(passed.group(1)) > 0, summary.inner_text()
     assert [u for u in requests if "/_sim/send" not in u and "/_sim/read" not in u] == [], requests
 
-    # The generated files are links; each downloads, as long as the reply says it is.
-    expect(bot_bubble(page, ALICE, "README.md").locator("a").first).to_be_visible()
-    links = chat(page, ALICE).locator(".bubble.bot a")
-    listed = {
-        m.group(2): int(m.group(1))
-        for m in re.finditer(
-            r"\((\d+) B\): (http://\S+)",
-            "\n".join(chat(page, ALICE).locator(".bubble.bot").all_inner_texts()),
-        )
-    }
-    hrefs = links.evaluate_all("links => links.map(a => a.href)")
-    assert hrefs and set(hrefs) <= set(listed), (hrefs, listed)
-    readme = next(h for h in hrefs if "/README.md" in h)
-    download = page.request.get(readme)
-    assert download.status == 200 and len(download.body()) == listed[readme]
-    assert b"#" in download.body()  # a Markdown heading: the file itself, not an error page
+    # The summary's links (the files as one zip, and the first ones worth opening) are links
+    # the user can tap, and they download: the README itself, and a zip that holds it.
+    text = summary.inner_text()
+    readme_url = re.search(r"- README\.md: (http://\S+)", text)
+    zip_url = re.search(r"All as zip: (http://\S+)", text)
+    assert readme_url and zip_url, text
+    hrefs = summary.locator("a").evaluate_all("links => links.map(a => a.href)")
+    assert {readme_url.group(1), zip_url.group(1)} <= set(hrefs), (hrefs, text)
+    readme = page.request.get(readme_url.group(1))
+    assert readme.status == 200 and b"#" in readme.body()  # a Markdown heading, not an error page
+    archive = page.request.get(zip_url.group(1))
+    assert archive.status == 200
+    with zipfile.ZipFile(io.BytesIO(archive.body())) as files:
+        assert files.read("README.md") == readme.body()
 
     # Every reply ends read.
     ticks = chat(page, ALICE).locator(".bubble.bot .ticks")
