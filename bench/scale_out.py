@@ -39,6 +39,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from bench.procstat import descendants
 from tests.harness import ACCOUNT_SID, AUTH_TOKEN, TwilioSim, inbound, sign, stack_env, start_stack
 from tests.redis_cluster import RedisClusterServer
 
@@ -97,27 +98,6 @@ def machine_busy_seconds() -> float:
         int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     )
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
-def descendants(pids: Iterable[int]) -> set[int]:
-    """`pids` and every process below them (a service that starts helpers counts them too)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
 
 
 def total_cpu(pids: Iterable[int]) -> dict[int, float]:
