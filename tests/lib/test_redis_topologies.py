@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -272,10 +274,25 @@ async def test_confirmed_writes_survive_the_failover_of_their_master(
         await replication.aclose()
 
 
+def free_port_below_ephemeral() -> int:
+    """A free port outside the kernel's ephemeral range. Connecting again and again to a closed
+    port in that range can pick the same port as its own source and connect to itself (a TCP
+    self-connect), which then holds the port the late node wants (it happened in CI)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10_000, low), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 async def test_a_cluster_node_that_starts_late_is_still_recognised(tmp_path: Path) -> None:
     """Services may start before Redis: open_redis waits for it rather than take a cluster for a
     standalone Redis (which would answer MOVED for most keys until a restart)."""
-    port = free_port()
+    port = free_port_below_ephemeral()
     opening = asyncio.create_task(open_redis(Settings(redis_url=f"redis://127.0.0.1:{port}/0")))
     await asyncio.sleep(1.5)
     assert not opening.done()
