@@ -53,12 +53,14 @@ PROGRESS_MESSAGES = Counter(
 )
 from_zero(PROGRESS_MESSAGES, "update", "final")
 SESSIONS_STARTED = Counter("wacoder_agent_sessions_started_total", "Coding sessions started")
+# How a session can end (AutoCoder's terminal statuses); anything else is counted as "other".
+SESSION_OUTCOMES = ("succeeded", "failed", "cancelled")
 SESSIONS_COMPLETED = Counter(
     "wacoder_agent_sessions_completed_total",
     "Coding sessions whose end the agent relayed, by outcome",
     ["outcome"],
 )
-from_zero(SESSIONS_COMPLETED, "succeeded", "failed", "cancelled", "other")
+from_zero(SESSIONS_COMPLETED, *SESSION_OUTCOMES, "other")
 SESSION_SECONDS = Histogram(
     "wacoder_agent_session_seconds",
     "Duration of a coding session, from its start to the end the agent relayed, by outcome",
@@ -68,7 +70,7 @@ SESSION_SECONDS = Histogram(
 
 
 def outcome_label(status: str) -> str:
-    return status if status in ("succeeded", "failed", "cancelled") else "other"
+    return status if status in SESSION_OUTCOMES else "other"
 
 
 ACTIVE_USERS = Gauge(
