@@ -90,6 +90,16 @@ class Preview:
             text='<?xml version="1.0" encoding="UTF-8"?><Response/>', content_type="application/xml"
         )
 
+    async def probe_reply(self, request: web.Request) -> web.Response:
+        """The reply to a probe it was sent: the help text, as the real agent answers /help."""
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not RequestValidator(self.token).validate(f"{PUBLIC}{request.path}", {}, signature):
+            return web.Response(status=403, text="forbidden")
+        sids = {m.get("MessageSid") for m in self.messages if m.get("Body") == "/help"}
+        if request.match_info["sid"] not in sids:
+            return web.Response(status=404, text="no reply yet")
+        return web.Response(text="Commands: /new, /run, /help")
+
 
 class Cluster:
     """kmock's emulated API, the recorded helm calls, and the controllers the test plays."""
@@ -233,6 +243,7 @@ async def cluster(
     app = web.Application()
     app.router.add_get("/readyz", preview.readyz)
     app.router.add_post("/webhook/whatsapp", preview.webhook)
+    app.router.add_get("/webhook/probe/{sid}", preview.probe_reply)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))

@@ -94,6 +94,14 @@ def rate_limit(user: str) -> str:
 # One counter for everybody, in a slot of its own (not in an atomic step with a user's keys:
 # see webhook/admission.py for how it stays exact).
 RATE_LIMIT_GLOBAL = "rate_limit:global"
+
+
+def rate_limit_global(window_start: int) -> str:
+    """The global counter of one fixed rate window, by its start (epoch seconds): a message is
+    counted, and counted back, in the window it arrived in (docs/adr/0007-scale-out.md)."""
+    return f"rate_limit:global:{window_start}"
+
+
 # Messages from numbers that are not whitelisted, all together: bounds the work strangers cause.
 RATE_LIMIT_STRANGERS = "rate_limit:strangers"
 # A refusal the user hears about is said at most once per window: the rate-limit notice once a
@@ -151,6 +159,15 @@ def outbound_seen(user: str, idempotency_key: str) -> str:
 def agent_replies(user: str, message_sid: str) -> str:
     """The replies the agent produced for one inbound message (so a retry resends, not redoes)."""
     return f"agent:replies:{_tag(user)}:{message_sid}"
+
+
+PROBE_REPLY_TTL_S = 10 * 60
+
+
+def probe_reply(user: str, message_sid: str) -> str:
+    """The reply to a promotion probe (wacoder.probe), by the probe's MessageSid: held instead
+    of being sent, until the operator has read it."""
+    return f"probe:reply:{_tag(user)}:{message_sid}"
 
 
 def delivery(user: str, message_sid: str) -> str:

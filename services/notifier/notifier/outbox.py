@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from wacoder import delivery, keys, tracing
+from wacoder import delivery, keys, probe, tracing
 from wacoder.crypto import StateCipher
 from wacoder.phones import phone_hash, to_whatsapp
 from wacoder.redis import Pipe, Store
@@ -271,6 +271,23 @@ class Outbox:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.eval(delivery.APPLY_SCRIPT, len(script_keys), *script_keys, *argv)
             pipe.set(keys.outbox_sent(entry.shard, entry.id), sid, ex=keys.OUTBOX_SENT_TTL_S)
+            self._finish(pipe, entry)
+            await pipe.execute()
+
+    async def hold_probe_reply(self, entry: OutboxEntry, message: Message) -> None:
+        """The operator's promotion probe (wacoder.probe) is answered into Redis, not through
+        Twilio: the part is kept for the operator to read, and the entry ends as sent, in one
+        transaction (the probe's keys share its shard's slot)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            probe.hold(
+                pipe,
+                self.cipher,
+                self.salt,
+                entry.idempotency_key,
+                entry.fields.get("part", "1/1"),
+                message.body,
+            )
+            pipe.set(keys.outbox_sent(entry.shard, entry.id), "probe", ex=keys.OUTBOX_SENT_TTL_S)
             self._finish(pipe, entry)
             await pipe.execute()
 

@@ -27,7 +27,7 @@ from functools import partial
 
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
-from wacoder import keys, tracing
+from wacoder import keys, probe, tracing
 from wacoder.crypto import InvalidToken
 from wacoder.redis import Store
 from wacoder.settings import Settings
@@ -128,6 +128,8 @@ class OutboxWorker:
             why = {"reason": "undecryptable", "error": type(exc).__name__, "attempts": "0"}
             metrics.DEAD_LETTERS.labels("undecryptable").inc()
             return await self._finish(partial(self.outbox.dead_letter, entry, why))
+        if probe.is_probe(message.to):  # the operator's probe: kept for it, nobody texted
+            return await self._finish(partial(self.outbox.hold_probe_reply, entry, message))
         attempts = 0
         # An in-flight marker seen on the first look predates this process's hold on the entry
         # (we crashed, or a peer died mid-send): a request may be at Twilio.

@@ -37,9 +37,11 @@ def create_app(settings: Settings) -> FastAPI:
             "mcp-bridge": wgrpc.channel(settings.mcp_bridge_addr, settings),
             "notifier": wgrpc.channel(settings.notifier_addr, settings),
         }
+        cipher = StateCipher.from_settings(settings)
         app.state.deps = Deps(
             settings=settings,
             redis=redis,
+            cipher=cipher,
             hash_salt=settings.secret("phone_hash_salt"),
             signatures=SignatureChecker(settings.public_base_url, settings.secret("twilio_auth_token")),
             gate=Gate(redis, bot_config, settings.secret("phone_hash_salt")),
@@ -47,7 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
                 agent_pb2_grpc.AgentServiceStub(channels["agent"]),
                 Inbox(
                     redis,
-                    StateCipher.from_settings(settings),
+                    cipher,
                     settings.secret("phone_hash_salt"),
                     replication,
                 ),

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
-from wacoder import templates, tracing
+from wacoder import probe, templates, tracing
+from wacoder.crypto import StateCipher
 from wacoder.delivery import record_status
 from wacoder.phones import to_e164
 from wacoder.redis import Store, ping
@@ -35,6 +36,7 @@ router = APIRouter()
 class Deps:
     settings: Settings
     redis: Store
+    cipher: StateCipher
     hash_salt: str
     signatures: SignatureChecker
     gate: Gate
@@ -158,6 +160,24 @@ async def _status(request: Request, span: Span) -> Response:
         span.add_link(link.context)
     STATUS_CALLBACKS.labels(label).inc()
     return _answered(span, Response(status_code=204), "recorded")
+
+
+@router.get(
+    "/webhook/probe/{message_sid}",
+    summary="The reply to the operator's promotion probe (signed like a Twilio request): 200 with "
+    "its text once the notifier has it, 404 until then",
+)
+async def probe_reply(request: Request, message_sid: str) -> Response:
+    deps = _deps(request)
+    if not deps.signatures.is_valid(request, {}):
+        return _plain(403, "forbidden")
+    try:
+        reply = await probe.read_reply(deps.redis, deps.cipher, deps.hash_salt, message_sid)
+    except RedisError:
+        return _plain(503, "temporarily unavailable")
+    if reply is None:
+        return _plain(404, "no reply yet")
+    return _plain(200, reply)
 
 
 @router.get("/livez", summary="200 while the process answers (Kubernetes liveness)")
