@@ -1,29 +1,48 @@
-"""The global rate limit is exact across users and shards under concurrency (docs/adr/0007, decision
-4): the global counter lives in a slot of its own, beside each user's script, and whatever the
-user's script refused (a Twilio replay) is counted back. So a burst from many users at once
-admits exactly the limit, and replays of an accepted message do not use it up."""
+"""The global rate limit across users, shards and windows (docs/adr/0007, decision 4): one counter
+per fixed window of the clock, in a slot of its own beside each user's script; whatever the
+user's script refused (a Twilio replay, a message over the per-phone limit) is counted back in
+the window it was counted in. So a burst from many users at once admits exactly the limit,
+replays of an accepted message do not use it up, and a refusal straddling a window's end never
+lends the next window a place. Each test runs on a standalone Redis and on a Redis Cluster."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 import redis
 from devtools.stack import Stack
 from wacoder import keys, templates
+from wacoder.botconfig import BotConfigSource
+from wacoder.redis import Store, open_redis
+from wacoder.settings import Settings
+from webhook.admission import RATE_WINDOW_S, Admission, Gate, window_start
 
-from tests.harness import RedisServer, TwilioSim, accepted, inbound, post_signed, user_of
+from tests import redis_cluster as topologies
+from tests.harness import HASH_SALT, RedisServer, TwilioSim, accepted, inbound, post_signed, user_of
+from tests.redis_cluster import RedisClusterServer
+
+# The fixture, bound by assignment (imported, every test taking it would redefine the import).
+redis_cluster = topologies.redis_cluster
 
 LIMIT = 12
 NOTICE = f"<Message>{templates.RATE_LIMIT}</Message>"
+# A burst must fall in one window: a test starts only with this much of the window left.
+BURST_ROOM_S = 15.0
 
 
-@pytest.fixture(scope="module")
-def module_redis(own_redis: RedisServer) -> RedisServer:
-    return own_redis  # the global counter counts every message on its Redis
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
+def module_redis(request: pytest.FixtureRequest) -> RedisServer | RedisClusterServer:
+    """A Redis of the module's own, each topology in turn: the global counter counts every message."""
+    if request.param == "cluster":
+        cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+        return cluster
+    server: RedisServer = request.getfixturevalue("own_redis")
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +51,25 @@ def stack_overrides() -> dict[str, str]:
 
 
 @pytest.fixture
-def r(env: dict[str, str]) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+def r(env: dict[str, str]) -> Iterator[redis.Redis | redis.RedisCluster]:
+    url = env["REDIS_URL"]
+    with redis.Redis.from_url(url, decode_responses=True) as probe:
+        clustered = int(probe.info("cluster").get("cluster_enabled", 0)) == 1
+    client = (redis.RedisCluster if clustered else redis.Redis).from_url(url, decode_responses=True)
     yield client
     client.close()
 
 
 @pytest.fixture
-def new_window(stack: Stack, r: redis.Redis) -> None:
-    """Each test starts a rate window of its own: as if the last one (60 s) had just ended."""
-    r.delete(keys.RATE_LIMIT_GLOBAL)
+def new_window(stack: Stack, r: redis.Redis, twilio_sim: TwilioSim) -> None:
+    """Each test has a rate window of its own: it starts in a window with room left for its burst,
+    whose counter it empties (an earlier test may have counted in it); and the Twilio stand-in
+    holds only its replies (the same users write on each topology)."""
+    twilio_sim.clear()
+    left = RATE_WINDOW_S - time.time() % RATE_WINDOW_S
+    if left < BURST_ROOM_S:
+        time.sleep(left + 0.1)  # waits for the next window; asserts nothing
+    r.delete(keys.rate_limit_global(window_start(time.time())))
 
 
 def burst(env: dict[str, str], forms: list[dict[str, str]]) -> list[httpx.Response]:
@@ -134,3 +162,64 @@ def test_twilio_replays_of_an_accepted_message_do_not_use_up_the_global_limit(
     replies = replies_to(twilio_sim, [first, *phones], LIMIT)
     assert len(replies[first]) == 1, "the replayed message is answered once"
     assert sum(len(replies[phone]) for phone in phones) == LIMIT - 1
+
+
+# The Gate itself against the real Redis, with a clock the test sets: a window boundary on demand.
+
+
+class Clock:
+    """Epoch seconds as the test says: `now`, except that readings queued in `first` come before."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.first: list[float] = []
+
+    def __call__(self) -> float:
+        return self.first.pop(0) if self.first else self.now
+
+
+_windows = itertools.count(1)
+
+
+@pytest.fixture
+async def store(module_redis: RedisServer | RedisClusterServer) -> AsyncIterator[Store]:
+    client = await open_redis(Settings(_env_file=None, redis_url=module_redis.url))
+    yield client
+    await client.aclose()
+
+
+async def test_a_refusal_at_a_window_end_is_counted_back_in_its_own_window_not_the_next(
+    store: Store,
+) -> None:
+    limit = 3
+    settings = Settings(
+        _env_file=None,
+        allowed_phone_numbers="*",
+        rate_limit_per_phone=1,
+        rate_limit_global=limit,
+        bot_config_file=None,
+    )
+    # A window far from the real clock's, so nothing else counts in it.
+    w = (window_start(time.time()) // RATE_WINDOW_S + 1000 * next(_windows)) * RATE_WINDOW_S
+    clock = Clock(w + 30.0)
+    gate = Gate(store, BotConfigSource(settings), HASH_SALT, clock)
+    phones = iter(f"+1555887{u:04d}" for u in itertools.count())
+    sids = (f"SMwindow{n:026d}" for n in itertools.count())
+    alice = next(phones)
+
+    assert await gate.admit(alice, next(sids)) == Admission.OK
+    # The next window has begun at another webhook: someone got in there.
+    clock.now = w + RATE_WINDOW_S + 0.2
+    assert await gate.admit(next(phones), next(sids)) == Admission.OK
+    # Alice's second message arrived just before the boundary (the per-phone limit refuses it);
+    # by the time its count-back goes out, the clock is past it.
+    clock.first = [w + RATE_WINDOW_S - 0.001]
+    clock.now = w + RATE_WINDOW_S + 0.5
+    assert await gate.admit(alice, next(sids)) == Admission.RATE_LIMITED
+    assert not clock.first, "the gate read the clock"
+
+    # The count-back landed where the count did: the old window holds Alice's one admitted
+    # message, and the next window still has exactly limit - 1 places, not one more.
+    assert int(await store.get(keys.rate_limit_global(w)) or 0) == 1
+    verdicts = [await gate.admit(next(phones), next(sids)) for _ in range(limit)]
+    assert verdicts == [Admission.OK] * (limit - 1) + [Admission.RATE_LIMITED]

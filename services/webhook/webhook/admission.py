@@ -68,6 +68,7 @@ def window_start(now: float) -> int:
     """The start (epoch seconds) of the global limit's fixed window that `now` falls in."""
     return int(now // RATE_WINDOW_S) * RATE_WINDOW_S
 
+
 # KEYS: strangers' counter, not-authorized notice. ARGV: strangers' limit, window, notice TTL.
 _STRANGER = """
 local all = redis.call('INCR', KEYS[1])
@@ -102,7 +103,7 @@ class Gate:
         self.redis = redis
         self.config = config
         self.hash_salt = hash_salt
-        self.clock = clock  # epoch seconds: the global limit's windows are the same on every webhook
+        self.clock = clock  # epoch seconds: every webhook names the same window by its clock
         self._admit = redis.register_script(_ADMIT)
         self._count = redis.register_script(_COUNT)
         self._uncount = redis.register_script(_UNCOUNT)
