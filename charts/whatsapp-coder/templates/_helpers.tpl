@@ -119,11 +119,12 @@ autocoder:
   metricsPort: 9104
   healthPort: metrics
   botConfig: false
-  secrets: [phoneHashSalt, autocoderApiKey, openaiApiKey, autocoderSigningKey]
+  # The LLM key only where AutoCoder may use it (`autocoder.llm: builtin` never does).
+  secrets: [phoneHashSalt, autocoderApiKey, {{ if ne .Values.autocoder.llm "builtin" }}openaiApiKey, {{ end }}autocoderSigningKey]
 {{- end }}
 {{- end -}}
 
-{{/* The environment variable of each secret entry, and which may be missing. */}}
+{{/* The environment variable of each secret entry. */}}
 {{- define "wacoder.secretEnvNames" -}}
 redisUrl: REDIS_URL
 twilioAccountSid: TWILIO_ACCOUNT_SID
@@ -136,6 +137,11 @@ autocoderApiKey: AUTOCODER_API_KEY
 autocoderSigningKey: AUTOCODER_SIGNING_KEY
 {{- end -}}
 
+{{/* The secret entries that may be missing: their references are optional (comma-separated). */}}
+{{- define "wacoder.optionalSecrets" -}}
+openaiApiKey,autocoderSigningKey
+{{- end -}}
+
 {{- define "wacoder.defaultSecretName" -}}
 {{- default (printf "%s-secrets" (include "wacoder.botName" .)) .Values.secrets.existingSecret -}}
 {{- end -}}
@@ -144,7 +150,7 @@ autocoderSigningKey: AUTOCODER_SIGNING_KEY
 {{- define "wacoder.secretEnv" -}}
 {{- $root := .root -}}
 {{- $names := include "wacoder.secretEnvNames" $root | fromYaml -}}
-{{- $optional := list "openaiApiKey" "autocoderSigningKey" -}}
+{{- $optional := include "wacoder.optionalSecrets" $root | splitList "," -}}
 {{- range .secrets }}
 {{- $entry := get $root.Values.secrets . }}
 - name: {{ get $names . }}
