@@ -74,23 +74,22 @@ operator-run: install
 # Container images, one per service: services/<name>/Dockerfile, built from the repository root
 # (.dockerignore keeps the context to the workspace's sources and lock). Needs a Docker engine;
 # none runs on the development machine, so without one this says so and fails.
-# `make images IMAGE_TAG=1.2.3 IMAGE_PREFIX=registry.example.com/whatsapp-coder`
-.PHONY: images
+# `make images IMAGE_TAG=1.2.3 IMAGE_PREFIX=registry.example.com/whatsapp-coder`; one image:
+# `make image-agent`; `make -n images` prints the build commands.
 IMAGE_SERVICES := webhook agent mcp-bridge notifier autocoder
 IMAGE_PREFIX ?= whatsapp-coder
 IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGE_REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 DOCKER ?= docker
-images:
+.PHONY: images docker-engine $(addprefix image-,$(IMAGE_SERVICES))
+images: $(addprefix image-,$(IMAGE_SERVICES))
+docker-engine:
 	@command -v $(DOCKER) >/dev/null || { echo "images: no '$(DOCKER)' command: install Docker (or set DOCKER=)" >&2; exit 1; }
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "images: no Docker engine reachable ('$(DOCKER) info' failed;" \
 		"DOCKER_HOST=$${DOCKER_HOST:-unset}): the images can only be built where one runs" >&2; exit 1; }
-	@set -e; revision=$$(git rev-parse HEAD 2>/dev/null || echo unknown); \
-	for service in $(IMAGE_SERVICES); do \
-		echo "building $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG)"; \
-		DOCKER_BUILDKIT=1 $(DOCKER) build --file services/$$service/Dockerfile \
-			--tag $(IMAGE_PREFIX)/$$service:$(IMAGE_TAG) \
-			--build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$$revision . ; \
-	done
+$(addprefix image-,$(IMAGE_SERVICES)): image-%: docker-engine
+	DOCKER_BUILDKIT=1 $(DOCKER) build --file services/$*/Dockerfile --tag $(IMAGE_PREFIX)/$*:$(IMAGE_TAG) \
+		--build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(IMAGE_REVISION) .
 
 clean:
 	rm -rf .venv .run .pytest_cache .ruff_cache

@@ -505,3 +505,135 @@ def test_install_step_holds_no_dev_tools(replayed: Replay) -> None:
     assert not installed & unwanted, f"dev tools in the image: {sorted(installed & unwanted)}"
     if replayed.service != "autocoder":
         assert "pytest" not in installed
+
+
+# --- make images, without a Docker engine ----------------------------------------------------
+#
+# `make images` builds every service's image where a Docker engine runs. None runs here, so a
+# stand-in `docker` on PATH records how it is called (argv, working directory, DOCKER_BUILDKIT)
+# and answers `info` as told: the exact build commands, and the refusals without an engine.
+
+FAKE_DOCKER = """#!{python}
+import json, os, sys
+with open({log!r}, "a") as log:
+    log.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(),
+                          "buildkit": os.environ.get("DOCKER_BUILDKIT")}}) + "\\n")
+if sys.argv[1:2] == ["info"]:
+    sys.exit(0 if os.environ.get("FAKE_DOCKER_INFO") == "ok" else 1)
+fail = os.environ.get("FAKE_DOCKER_FAIL")
+if sys.argv[1:2] == ["build"] and fail and fail in " ".join(sys.argv):
+    sys.exit(1)
+"""
+
+
+@dataclass
+class FakeDocker:
+    bin_dir: Path
+    log: Path
+
+    def calls(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> FakeDocker:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "docker-calls.jsonl"
+    script = bin_dir / "docker"
+    script.write_text(FAKE_DOCKER.format(python=sys.executable, log=str(log)))
+    script.chmod(0o755)
+    return FakeDocker(bin_dir, log)
+
+
+def make_images(*args: str, path_first: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """`make images ...` in the repository, as a developer runs it (no outer make's flags)."""
+    base = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DOCKER"}}
+    if path_first is not None:
+        base["PATH"] = f"{path_first}{os.pathsep}{base['PATH']}"
+    return subprocess.run(
+        ["make", "--no-print-directory", "images", *args],
+        cwd=ROOT,
+        env=base | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def expected_build(service: str, tag: str, prefix: str) -> list[str]:
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return [
+        "build",
+        "--file",
+        f"services/{service}/Dockerfile",
+        "--tag",
+        f"{prefix}/{service}:{tag}",
+        "--build-arg",
+        f"VERSION={tag}",
+        "--build-arg",
+        f"REVISION={revision.stdout.strip() or 'unknown'}",
+        ".",  # the context: the repository root (make runs there)
+    ]
+
+
+def test_make_n_images_prints_one_build_per_service_from_the_repository_root() -> None:
+    result = make_images("-n", "IMAGE_TAG=t", "IMAGE_PREFIX=p")
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(c) for c in result.stdout.replace("\\\n", " ").splitlines() if c.strip()]
+    builds = [c for c in commands if c[:3] == ["DOCKER_BUILDKIT=1", "docker", "build"]]
+    assert [c[2:] for c in builds] == [expected_build(s, "t", "p") for s in SERVICES]
+    # The engine is checked before anything is built.
+    first_build = commands.index(builds[0])
+    assert any(c[:2] == ["docker", "info"] for c in commands[:first_build]), result.stdout
+    for service in SERVICES:
+        assert (ROOT / "services" / service / "Dockerfile").is_file()
+
+
+def test_make_images_builds_each_image_with_the_exact_command(fake_docker: FakeDocker) -> None:
+    result = make_images(
+        "IMAGE_TAG=1.2.3",
+        "IMAGE_PREFIX=registry.example.org/wac",
+        path_first=fake_docker.bin_dir,
+        FAKE_DOCKER_INFO="ok",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = fake_docker.calls()
+    assert calls[0]["argv"] == ["info"]
+    builds = calls[1:]
+    assert [c["argv"] for c in builds] == [
+        expected_build(s, "1.2.3", "registry.example.org/wac") for s in SERVICES
+    ]
+    assert all(c["cwd"] == str(ROOT) and c["buildkit"] == "1" for c in builds)
+
+
+def test_make_images_stops_at_the_first_failed_build(fake_docker: FakeDocker) -> None:
+    result = make_images(
+        path_first=fake_docker.bin_dir, FAKE_DOCKER_INFO="ok", FAKE_DOCKER_FAIL="services/agent/"
+    )
+    assert result.returncode != 0
+    built = [c["argv"][2] for c in fake_docker.calls() if c["argv"][0] == "build"]
+    assert built == ["services/webhook/Dockerfile", "services/agent/Dockerfile"]
+
+
+def test_make_images_without_a_docker_command_says_so(fake_docker: FakeDocker) -> None:
+    result = make_images("DOCKER=/nonexistent/docker", path_first=fake_docker.bin_dir, FAKE_DOCKER_INFO="ok")
+    assert result.returncode != 0
+    assert "images: no '/nonexistent/docker' command: install Docker (or set DOCKER=)" in result.stderr
+    assert fake_docker.calls() == []  # the docker on PATH is not used instead
+
+
+def test_make_images_without_a_docker_engine_says_so(fake_docker: FakeDocker) -> None:
+    result = make_images(
+        path_first=fake_docker.bin_dir, FAKE_DOCKER_INFO="fail", DOCKER_HOST="tcp://nowhere:2375"
+    )
+    assert result.returncode != 0
+    assert (
+        "images: no Docker engine reachable ('docker info' failed; DOCKER_HOST=tcp://nowhere:2375)"
+        in result.stderr
+    )
+    assert "the images can only be built where one runs" in result.stderr
+    assert [c["argv"] for c in fake_docker.calls()] == [["info"]]  # nothing built
