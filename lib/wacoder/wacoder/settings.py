@@ -25,7 +25,8 @@ Secret = Literal[
 # What each service cannot run without in production.
 SERVICE_SECRETS: dict[str, tuple[Secret, ...]] = {
     "webhook": ("twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token"),
-    "agent": ("phone_hash_salt", "state_encryption_key", "service_token"),
+    # The agent fetches the media users send from Twilio's API with the account's credentials.
+    "agent": ("twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token"),
     "notifier": ("twilio_auth_token", "phone_hash_salt", "state_encryption_key", "service_token"),
     "mcp-bridge": ("phone_hash_salt", "state_encryption_key", "service_token", "autocoder_api_key"),
     "autocoder": ("phone_hash_salt", "autocoder_api_key"),
