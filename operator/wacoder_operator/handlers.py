@@ -3,6 +3,12 @@ reads the bot afresh, observes the cluster, asks the state machine (`rollout.dec
 actions and writes the status; the delete handler (behind kopf's finalizer) uninstalls both
 colours' releases. One bot is reconciled by one task at a time.
 
+A failing helm or Kubernetes API call is not an exception around the state machine but an input
+to it: a read that fails is reported in `Observed.error`; an action that fails stops the actions
+after it (but the Events and annotation clean-ups, which only tell) and `Decision.failed` gives
+the status to write, so the phase's clock runs and its deadline can abort the rollout. Only when
+the bot itself cannot be read or its status written does the handler raise for kopf to retry.
+
 Environment: HELM_BIN (else `helm` from PATH), WACODER_CHART (the chart to install; default the
 checkout's charts/whatsapp-coder), WACODER_IMAGE_REPOSITORY (optional image.repository),
 WACODER_PREVIEW_URL (the promotion checks' base URL template, `{bot}` and `{namespace}`),
@@ -13,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import kopf
@@ -31,9 +37,21 @@ from wacoder_operator.checks import (
     HttpChecker,
 )
 from wacoder_operator.helm import Helm, HelmCli, HelmError
-from wacoder_operator.kube import GROUP, PLURAL, VERSION, BotRef, Kube, KubeApi, KubeError, colour_available
+from wacoder_operator.kube import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    BotRef,
+    Kube,
+    KubeApi,
+    KubeError,
+    colour_available,
+    colour_serving,
+)
 from wacoder_operator.rollout import (
+    Action,
     ApplyRelease,
+    CheckResult,
     ClearAnnotation,
     Colour,
     Decision,
@@ -56,6 +74,7 @@ from wacoder_operator.values import (
 )
 
 log = logging.getLogger("wacoder_operator")
+_T = TypeVar("_T")
 
 DEFAULT_CHART = Path(__file__).resolve().parents[2] / "charts" / "whatsapp-coder"
 INTERVAL_S = float(os.environ.get("WACODER_OPERATOR_INTERVAL", "10"))
@@ -85,40 +104,65 @@ class Operator:
                     ref.name, raw, int(meta.get("generation") or 1), annotations, self.image_repository
                 )
                 decision = decide(spec, status, await self._observe(ref, raw, status), self.clock())
-                await self._execute(ref, raw, decision)
+                decision, ok = await self._execute(ref, raw, decision)
                 if decision.status.to_dict() != {key: stored.get(key) for key in decision.status.to_dict()}:
                     await self.kube.patch_status(ref, decision.status.to_dict())
                     stored = {**stored, **decision.status.to_dict()}
                 # Chained steps: promote/abort were acted on (and cleared) by the first.
                 annotations = {k: v for k, v in annotations.items() if not k.startswith(GROUP)}
-                if decision.status.phase == status.phase:
-                    break
+                if not ok or decision.status.phase == status.phase:
+                    break  # a failure is retried by the next reconcile (the timer), not at once
                 status = decision.status
 
     async def _observe(self, ref: BotRef, raw: Mapping[str, Any], status: Status) -> Observed:
-        available = set()
+        errors: list[str] = []
+
+        async def read(call: Awaitable[_T], default: _T) -> _T:
+            try:
+                return await call
+            except (KubeError, aiohttp.ClientError) as error:
+                _, operation, detail = _describe(error)
+                errors.append(f"{operation}: {detail}")
+                return default
+
+        available, serving, seen = set(), set(), True
         for colour, release in status.releases.items():
             if not release.scaled_down:
-                deployments = await self.kube.deployments(ref, release_name(ref.name, colour))
-                if colour_available(deployments, release.version):
+                found = await read(self.kube.deployments(ref, release_name(ref.name, colour)), None)
+                if found is None:
+                    seen = False
+                    continue
+                if colour_available(found, release.version):
                     available.add(colour)
+                if colour_serving(found):
+                    serving.add(colour)
         checks = None
-        if status.phase is Phase.VERIFYING and status.preview is not None:
-            checks = await self._checks(ref, raw)
+        if status.phase is Phase.VERIFYING and status.preview is not None and not errors:
+            checks = await self._checks(ref, raw, read)
+        config = await read(self.kube.config_map(ref, config_map_name(ref.name)), None)
+        routes = await read(self.kube.routes(ref), {})
         return Observed(
-            config_hash=config_hash(await self.kube.config_map(ref, config_map_name(ref.name))),
-            routes=await self.kube.routes(ref),
+            config_hash=config_hash(config),
+            routes=routes,
             available=frozenset(available),
             checks=checks,
+            serving=frozenset(serving) if seen else None,
+            error="; ".join(errors) or None,
         )
 
-    async def _checks(self, ref: BotRef, raw: Mapping[str, Any]) -> Any:
+    async def _checks(
+        self, ref: BotRef, raw: Mapping[str, Any], read: Callable[[Awaitable[Any], Any], Awaitable[Any]]
+    ) -> CheckResult | None:
         twilio = raw.get("twilio") or {}
         secret = twilio.get("secretRef") or raw.get("secretRef") or {"name": f"{ref.name}-secrets"}
-        token = await self.kube.secret_value(
-            ref, secret["name"], secret.get("authTokenKey", "twilio-auth-token")
+        unread = object()  # the Secret could not be read (not: it has no token): check later
+        token = await read(
+            self.kube.secret_value(ref, secret["name"], secret.get("authTokenKey", "twilio-auth-token")),
+            unread,
         )
-        return await self.checker.run(
+        if token is unread:
+            return None
+        result: CheckResult = await self.checker.run(
             bot=ref.name,
             namespace=ref.namespace,
             checks=(raw.get("rollout") or {}).get("promotionChecks", ALL_CHECKS),
@@ -127,31 +171,72 @@ class Operator:
             recipient=twilio.get("whatsappNumber") or DEFAULT_SENDER,
             whitelist=list(raw.get("whitelist") or []),
         )
+        return result
 
-    async def _execute(self, ref: BotRef, raw: Mapping[str, Any], decision: Decision) -> None:
+    async def _execute(
+        self, ref: BotRef, raw: Mapping[str, Any], decision: Decision
+    ) -> tuple[Decision, bool]:
+        """Runs the actions in order; after a failure only those that tell (Events, annotation
+        clean-ups: the status records what they were about). (the decision to record, no failure)"""
+        undone: list[Action] = []
+        failure: tuple[str, str, str] | None = None
         for action in decision.actions:
-            log.info("%s/%s: %s", ref.namespace, ref.name, action)
-            match action:
-                case WriteConfigMap():
-                    await self.kube.write_config_map(ref, config_map_name(ref.name), bot_config(raw))
-                case ApplyRelease(colour=colour):
-                    values = helm_values(ref.name, raw, colour, self.image_repository)
-                    await self.helm.upgrade_install(release_name(ref.name, colour), ref.namespace, values)
-                case Route(active=active, preview=preview):
-                    for role, colour_or_none in (("active", active), ("preview", preview)):
-                        if colour_or_none is not None:
-                            await self.kube.route(ref, role, colour_or_none)
-                case ScaleDown(colour=colour):
-                    await self.kube.scale_down(ref, release_name(ref.name, colour))
-                case Emit(type=type_, reason=reason, message=message):
-                    await self.kube.event(ref, type_, reason, message)
-                case ClearAnnotation(key=key):
-                    await self.kube.clear_annotation(ref, key)
+            if failure is not None and not isinstance(action, (Emit, ClearAnnotation)):
+                undone.append(action)
+                continue
+            try:
+                await self._run(ref, raw, action)
+            except (HelmError, KubeError, aiohttp.ClientError) as error:
+                log.warning("%s/%s: %s failed: %s", ref.namespace, ref.name, action, error)
+                if isinstance(action, Emit):
+                    continue  # an Event that cannot be posted changes nothing in the cluster
+                undone.append(action)
+                failure = failure or _describe(error)
+        if failure is None:
+            return decision, True
+        failed = decision.failed(undone, *failure)
+        for event in failed.actions:
+            await self._tell(ref, event)
+        return failed, False
+
+    async def _tell(self, ref: BotRef, action: Action) -> None:
+        try:
+            await self._run(ref, {}, action)
+        except (KubeError, aiohttp.ClientError) as error:
+            log.warning("%s/%s: %s failed: %s", ref.namespace, ref.name, action, error)
+
+    async def _run(self, ref: BotRef, raw: Mapping[str, Any], action: Action) -> None:
+        log.info("%s/%s: %s", ref.namespace, ref.name, action)
+        match action:
+            case WriteConfigMap():
+                await self.kube.write_config_map(ref, config_map_name(ref.name), bot_config(raw))
+            case ApplyRelease(colour=colour):
+                values = helm_values(ref.name, raw, colour, self.image_repository)
+                await self.helm.upgrade_install(release_name(ref.name, colour), ref.namespace, values)
+            case Route(active=active, preview=preview):
+                for role, colour_or_none in (("active", active), ("preview", preview)):
+                    if colour_or_none is not None:
+                        await self.kube.route(ref, role, colour_or_none)
+            case ScaleDown(colour=colour):
+                await self.kube.scale_down(ref, release_name(ref.name, colour))
+            case Emit(type=type_, reason=reason, message=message):
+                await self.kube.event(ref, type_, reason, message)
+            case ClearAnnotation(key=key):
+                await self.kube.clear_annotation(ref, key)
 
     async def uninstall(self, ref: BotRef) -> None:
         for colour in Colour:
             await self.helm.uninstall(release_name(ref.name, colour), ref.namespace)
         await self.kube.event(ref, "Normal", "Uninstalled", "both colours' Helm releases uninstalled")
+
+
+def _describe(error: Exception) -> tuple[str, str, str]:
+    """(condition reason, operation, message) of a failed call."""
+    if isinstance(error, HelmError):
+        return "HelmFailed", error.operation, error.detail
+    if isinstance(error, KubeError):
+        return "KubernetesApiFailed", error.operation, error.detail
+    return "KubernetesApiFailed", "the Kubernetes API", repr(error)
 
 
 # --- kopf wiring ---------------------------------------------------------------------------------

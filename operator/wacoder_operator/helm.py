@@ -14,7 +14,18 @@ import yaml
 
 
 class HelmError(RuntimeError):
-    pass
+    """A failed helm command: `operation` (e.g. "helm upgrade --install acme-blue") and `detail`,
+    the gist of what helm said (its `Error:` lines; else its last line)."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        super().__init__(f"{operation}: {detail}")
+        self.operation, self.detail = operation, detail
+
+
+def error_summary(stderr: str, returncode: int | None) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error")]
+    return " ".join(errors or lines[-1:]) or f"exit status {returncode}"
 
 
 class Helm(Protocol):
@@ -49,20 +60,24 @@ class HelmCli:
         try:
             await self._run("uninstall", release, "-n", namespace)
         except HelmError as error:
-            if "not found" not in str(error):
+            if "not found" not in error.detail:
                 raise
 
     async def _run(self, *args: str) -> str:
-        process = await asyncio.create_subprocess_exec(
-            self.binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+        operation = "helm " + " ".join(args[:3] if args[0] == "upgrade" else args[:2])
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as error:  # no helm where HELM_BIN or PATH says: a failure like any other
+            raise HelmError(operation, f"cannot run {self.binary}: {error}") from error
         try:
             async with asyncio.timeout(self.timeout_s):
                 out, err = await process.communicate()
         except TimeoutError:
             process.kill()
             await process.wait()
-            raise HelmError(f"helm {args[0]} timed out after {self.timeout_s}s") from None
+            raise HelmError(operation, f"timed out after {self.timeout_s}s") from None
         if process.returncode != 0:
-            raise HelmError(f"helm {' '.join(args[:3])}: {err.decode(errors='replace').strip()}")
+            raise HelmError(operation, error_summary(err.decode(errors="replace"), process.returncode))
         return out.decode(errors="replace")

@@ -118,6 +118,23 @@ def deployment_available(deployment: Mapping[str, Any], version: str) -> bool:
     )
 
 
+def deployment_serving(deployment: Mapping[str, Any]) -> bool:
+    """Answering now, whatever its version: the Deployment controller's Available condition
+    (minimum availability) when it reports one, else every replica available."""
+    status = deployment.get("status") or {}
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Available":
+            return bool(condition.get("status") == "True")
+    replicas = int((deployment.get("spec") or {}).get("replicas", 1))
+    return int(status.get("availableReplicas", 0)) >= replicas
+
+
+def colour_serving(deployments: list[dict[str, Any]]) -> bool:
+    """Every service of the colour answers (the active colour's part in Ready)."""
+    components = {d["metadata"].get("labels", {}).get("app.kubernetes.io/component") for d in deployments}
+    return COMPONENTS <= components and all(deployment_serving(d) for d in deployments)
+
+
 def colour_available(deployments: list[dict[str, Any]], version: str) -> bool:
     components = {d["metadata"].get("labels", {}).get("app.kubernetes.io/component") for d in deployments}
     return COMPONENTS <= components and all(deployment_available(d, version) for d in deployments)
@@ -163,7 +180,7 @@ class KubeApi:
                 return None
             text = await response.text()
             if response.status >= 400:
-                raise KubeError(response.status, f"{method} {path}: {response.status} {text[:300]}")
+                raise KubeError(response.status, f"{method} {path}", _api_message(response.status, text))
             return json.loads(text) if text else None
 
     async def _upsert(self, collection: str, name: str, body: dict[str, Any]) -> None:
@@ -268,6 +285,20 @@ class KubeApi:
 
 
 class KubeError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    """A refused API call: `operation` (method and path) and `detail` (the status and what the
+    API server said)."""
+
+    def __init__(self, status: int, operation: str, detail: str) -> None:
+        super().__init__(f"{operation}: {detail}")
+        self.status, self.operation, self.detail = status, operation, detail
+
+
+def _api_message(status: int, text: str) -> str:
+    """`403 Forbidden: services "acme-active" is forbidden: ...` from a Status object, else the text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("message"):
+        return f"{status} {body.get('reason') or ''}: {body['message']}".replace(" :", ":")
+    return f"{status} {text[:300]}".strip()

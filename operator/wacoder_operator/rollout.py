@@ -20,12 +20,22 @@ Phases (Argo Rollouts' blue/green is the model):
 - Healthy: the active colour runs what the spec asks. Aborted: traffic stayed on (or went back
   to) the old colour, Degraded says why, until the spec changes or a promote annotation retries.
 
-Each waiting phase (Deploying, Verifying, Paused) aborts after `progressDeadlineSeconds` in it.
+Each waiting phase (Deploying, Verifying, Paused) aborts after `progressDeadlineSeconds` in it,
+counted from the phase's start, which is in the status even when the phase's first action failed.
+
+Failures of Helm and of the Kubernetes API are part of the machine, not exceptions around it: the
+handler runs a decision's actions and, when one fails, `Decision.failed` gives the status to write
+instead (the release marked pending, the failure and its message in the conditions, a Warning
+Event when it starts). The next decision retries what did not happen; a waiting phase still aborts
+at its deadline, so a release that cannot be installed ends Aborted, Degraded saying why.
+
+Ready is observed, not remembered: it is True only while the active colour's Deployments serve
+(`Observed.serving`), on every reconcile, without starting a rollout when it changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -55,6 +65,9 @@ class Phase(StrEnum):
 _E = TypeVar("_E", bound=StrEnum)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ROLLING = (Phase.DEPLOYING, Phase.VERIFYING, Phase.PAUSED)  # the waiting phases: each has a deadline
+ACTIVE_UNAVAILABLE = "ActiveUnavailable"  # Ready's reason while the active colour does not serve
+READ = "reading the cluster"  # the operation of a failed observation
+FAILURE_MESSAGE_LIMIT = 400  # characters of an error kept in the status (conditions, Events)
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -90,6 +103,10 @@ class Observed:
     routes: Mapping[str, Colour | None] = field(default_factory=dict)  # "active"/"preview" -> selected
     available: frozenset[Colour] = frozenset()  # colours whose Deployments run their release, available
     checks: CheckResult | None = None  # the promotion checks of the preview (run while Verifying)
+    # colours whose Deployments answer now (minimally available, whatever the version); None:
+    # they could not be read
+    serving: frozenset[Colour] | None = None
+    error: str | None = None  # a read of the Kubernetes API failed: what was not seen, and why
 
 
 # --- status ------------------------------------------------------------------------------------
@@ -103,6 +120,18 @@ class Release:
     revision: str
     values_hash: str
     scaled_down: bool = False
+    pending: bool = False  # its last `helm upgrade --install` failed: the next decision retries it
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An operation of the last reconcile that failed (Helm or the Kubernetes API); cleared by a
+    reconcile that fails nothing."""
+
+    reason: str  # HelmFailed, KubernetesApiFailed
+    operation: str  # e.g. "helm upgrade --install acme-green"
+    message: str  # the error, trimmed
+    since: datetime  # the first of this operation's failures in a row
 
 
 @dataclass(frozen=True)
@@ -122,7 +151,7 @@ class Rollout:
 @dataclass(frozen=True)
 class Condition:
     type: str
-    status: bool
+    status: bool | None  # None: Unknown
     reason: str
     message: str
     observed_generation: int
@@ -140,6 +169,7 @@ class Status:
     current: Rollout | None = None
     last: Rollout | None = None
     conditions: tuple[Condition, ...] = ()
+    failure: Failure | None = None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -160,15 +190,17 @@ class Status:
                     "revision": r.revision,
                     "valuesHash": r.values_hash,
                     "scaledDown": r.scaled_down,
+                    "pending": r.pending,
                 }
                 for colour, r in sorted(self.releases.items())
             },
+            "failure": _failure_dict(self.failure),
             "currentRollout": _rollout_dict(self.current),
             "lastRollout": _rollout_dict(self.last),
             "conditions": [
                 {
                     "type": c.type,
-                    "status": "True" if c.status else "False",
+                    "status": _condition_status(c.status),
                     "reason": c.reason,
                     "message": c.message,
                     "observedGeneration": c.observed_generation,
@@ -187,6 +219,7 @@ class Status:
                 revision=str(r["revision"]),
                 values_hash=str(r["valuesHash"]),
                 scaled_down=bool(r.get("scaledDown", False)),
+                pending=bool(r.get("pending", False)),
             )
             for colour, r in (data.get("releases") or {}).items()
             if colour in Colour.__members__.values()
@@ -203,7 +236,7 @@ class Status:
             conditions=tuple(
                 Condition(
                     type=str(c["type"]),
-                    status=c.get("status") == "True",
+                    status={"True": True, "False": False}.get(str(c.get("status"))),
                     reason=str(c.get("reason", "")),
                     message=str(c.get("message", "")),
                     observed_generation=int(c.get("observedGeneration") or 0),
@@ -211,6 +244,7 @@ class Status:
                 )
                 for c in data.get("conditions") or ()
             ),
+            failure=_parse_failure(data.get("failure")),
         )
 
 
@@ -265,6 +299,41 @@ Action = WriteConfigMap | ApplyRelease | Route | ScaleDown | Emit | ClearAnnotat
 class Decision:
     actions: tuple[Action, ...]
     status: Status
+    # what it was decided on, for `failed` (not part of the decision itself)
+    inputs: tuple[Spec, Status, Observed, datetime] | None = field(default=None, compare=False, repr=False)
+
+    def failed(self, undone: Sequence[Action], reason: str, operation: str, message: str) -> Decision:
+        """What to record when running this decision's actions failed: `undone` are the actions
+        that did not happen (the failing one among them), `operation` and `message` what failed.
+
+        The decided phase stands (its clock started: the deadline counts from it), releases that
+        were not applied are pending (retried by the next decision), colours that were not scaled
+        down are not marked so, and the conditions name the failure. The actions returned are the
+        Events to post: a Warning when this operation starts failing, not at each retry."""
+        assert self.inputs is not None
+        spec, before, observed, now = self.inputs
+        releases = dict(self.status.releases)
+        for action in undone:
+            if isinstance(action, ApplyRelease) and action.colour in releases:
+                releases[action.colour] = replace(releases[action.colour], pending=True)
+            elif isinstance(action, ScaleDown) and action.colour in releases:
+                was = before.releases.get(action.colour)
+                releases[action.colour] = replace(
+                    releases[action.colour], scaled_down=bool(was and was.scaled_down)
+                )
+        previous = before.failure
+        repeated = previous is not None and previous.operation == operation
+        failure = Failure(reason, operation, _trim(message), previous.since if previous and repeated else now)
+        status = replace(self.status, releases=releases, failure=failure)
+        step = _Step(spec, replace(status, conditions=before.conditions), observed, now)
+        status = replace(status, conditions=step._conditions())
+        events: tuple[Action, ...] = ()
+        if not repeated:
+            retry = "retrying at each reconcile"
+            if status.phase in ROLLING:
+                retry += f"; the rollout aborts at {_time(step._deadline())}"
+            events = (Emit("Warning", reason, f"{operation}: {failure.message}; {retry}"),)
+        return Decision(events, status, self.inputs)
 
 
 def decide(spec: Spec, status: Status, observed: Observed, now: datetime) -> Decision:
@@ -277,6 +346,7 @@ def decide(spec: Spec, status: Status, observed: Observed, now: datetime) -> Dec
 class _Step:
     def __init__(self, spec: Spec, status: Status, observed: Observed, now: datetime) -> None:
         self.spec, self.s, self.observed, self.now = spec, status, observed, now
+        self.before = status
         self.applies: list[Action] = []
         self.scales: list[Action] = []
         self.events: list[Action] = []
@@ -303,30 +373,35 @@ class _Step:
         active = self._release(self.s.active)
         if self.spec.revision != active.revision:
             self._start_rollout()
-        elif self.spec.values_hash != active.values_hash:
-            self._apply(self._active())  # replicas only: in place, no rollout
+            return
+        if self.spec.values_hash != active.values_hash or active.pending:
+            self._apply(self._active())  # replicas only (or a failed apply again): in place, no rollout
+        self._scale_idle()
 
     def _rolling(self) -> None:
         spec, s = self.spec, self.s
         preview = s.preview or (s.active.other() if s.active else Colour.BLUE)
+        target = s.releases.get(preview)
         if spec.abort:
             self._abort("AbortRequested", f"aborted by the {ABORT_ANNOTATION} annotation")
         elif s.active is not None and spec.revision == self._release(s.active).revision:
             self._scale(preview)
             self._emit("Normal", "RolloutCancelled", f"the spec is back to {spec.version}, which is active")
             self._finish("Cancelled", "SpecReverted", f"the spec went back to {spec.version}", Phase.HEALTHY)
-        elif s.releases.get(preview) is None or spec.values_hash != self._release(preview).values_hash:
+        elif target is None or spec.values_hash != target.values_hash:
             self._apply(preview)
             assert s.current is not None
             current = replace(s.current, to_version=spec.version, revision=spec.revision)
             self.s = replace(self.s, current=current)
             self._emit("Normal", "RolloutRetargeted", f"the preview ({preview}) now gets {spec.version}")
             self._enter(Phase.DEPLOYING)
-        elif not self._progress(preview) and self._deadline_passed():
-            self._abort(
-                "ProgressDeadlineExceeded",
-                f"{s.phase} for more than {spec.progress_deadline_s}s (progressDeadlineSeconds)",
-            )
+        elif target.pending and not self._deadline_passed():
+            self._apply(preview)  # the last apply failed: again, in the same phase and on its clock
+        elif target.pending or (not self._progress(preview) and self._deadline_passed()):
+            message = f"{s.phase} for more than {spec.progress_deadline_s}s (progressDeadlineSeconds)"
+            if s.failure is not None:
+                message += f"; the last error: {s.failure.operation}: {s.failure.message}"
+            self._abort("ProgressDeadlineExceeded", message)
 
     def _progress(self, preview: Colour) -> bool:
         """The step a waiting phase takes when it can; False: still waiting."""
@@ -366,18 +441,21 @@ class _Step:
         elif self.now >= self._since() + timedelta(seconds=spec.scale_down_delay_s):
             self._scale(old)
             self._enter(Phase.HEALTHY)
-        elif spec.values_hash != self._release(active).values_hash:
+        elif spec.values_hash != self._release(active).values_hash or self._release(active).pending:
             self._apply(active)
 
     def _aborted(self) -> None:
         spec, s = self.spec, self.s
         if s.active is not None and spec.revision == self._release(s.active).revision:
-            if spec.values_hash != self._release(s.active).values_hash:
+            active = self._release(s.active)
+            if spec.values_hash != active.values_hash or active.pending:
                 self._apply(s.active)
             self._emit("Normal", "Recovered", f"the spec is back to {spec.version}, which is active")
             self._enter(Phase.HEALTHY)
         elif spec.promote or s.last is None or spec.revision != s.last.revision:
             self._start_rollout()
+            return
+        self._scale_idle()
 
     # transitions
 
@@ -462,6 +540,12 @@ class _Step:
     def _emit(self, type_: str, reason: str, message: str) -> None:
         self.events.append(Emit(type_, reason, message))
 
+    def _scale_idle(self) -> None:
+        """Outside a rollout only the active colour runs (again, if a scale-down failed)."""
+        for colour, release in sorted(self.s.releases.items()):
+            if colour != self.s.active and not release.scaled_down:
+                self._scale(colour)
+
     def _active(self) -> Colour:
         assert self.s.active is not None
         return self.s.active
@@ -473,11 +557,23 @@ class _Step:
     def _since(self) -> datetime:
         return self.s.phase_since or self.now
 
+    def _deadline(self) -> datetime:
+        return self._since() + timedelta(seconds=self.spec.progress_deadline_s)
+
     def _deadline_passed(self) -> bool:
-        return self.now > self._since() + timedelta(seconds=self.spec.progress_deadline_s)
+        return self.now > self._deadline()
 
     def _decision(self) -> Decision:
-        spec, observed, s = self.spec, self.observed, self.s
+        spec, observed = self.spec, self.observed
+        failure = None
+        if observed.error is not None:  # what could not be read: its clock runs as an action's would
+            previous = self.before.failure
+            since = previous.since if previous and previous.operation == READ else self.now
+            failure = Failure("KubernetesApiFailed", READ, _trim(observed.error), since)
+        self.s = replace(self.s, failure=failure)
+        conditions = self._conditions()
+        self._emit_ready_changes(conditions)
+        s = self.s
         actions: list[Action] = []
         if observed.config_hash != spec.config_hash:
             actions.append(WriteConfigMap())
@@ -494,15 +590,33 @@ class _Step:
             actions.append(ClearAnnotation(PROMOTE_ANNOTATION))
         if spec.abort:
             actions.append(ClearAnnotation(ABORT_ANNOTATION))
-        status = replace(s, observed_generation=spec.generation, conditions=self._conditions())
-        return Decision(tuple(actions), status)
+        status = replace(s, observed_generation=spec.generation, conditions=conditions)
+        return Decision(tuple(actions), status, (spec, self.before, observed, self.now))
+
+    def _emit_ready_changes(self, conditions: tuple[Condition, ...]) -> None:
+        """An Event when the active colour stops serving, and one when it serves again."""
+        before, now = self.before.condition("Ready"), next(c for c in conditions if c.type == "Ready")
+        was_down = before is not None and before.reason == ACTIVE_UNAVAILABLE
+        if now.reason == ACTIVE_UNAVAILABLE and not was_down:
+            self._emit("Warning", ACTIVE_UNAVAILABLE, now.message)
+        elif was_down and now.status is True:
+            self._emit("Normal", "ActiveAvailable", now.message)
 
     def _conditions(self) -> tuple[Condition, ...]:
-        s, gen = self.s, self.spec.generation
+        s, gen, failure = self.s, self.spec.generation, self.s.failure
         active = s.releases.get(s.active) if s.active else None
         last = s.last
+        failing = f"{failure.operation}: {failure.message}" if failure else ""
+        serving = self.observed.serving
+        ready: tuple[bool | None, str, str]
         if active is None:
-            ready = (False, "Aborted" if s.phase is Phase.ABORTED else "Installing", "no colour serves yet")
+            not_yet = "no colour serves yet" + (f"; {failing}" if failure else "")
+            ready = (False, "Aborted" if s.phase is Phase.ABORTED else "Installing", not_yet)
+        elif serving is None:
+            ready = (None, "ActiveNotObserved", f"{s.active}'s Deployments could not be read: {failing}")
+        elif s.active not in serving:
+            down = f"{s.active} ({active.version}) gets the traffic but its Deployments are not available"
+            ready = (False, ACTIVE_UNAVAILABLE, down)
         elif s.phase in ROLLING:
             ready = (True, "RolloutInProgress", f"{s.active} serves {active.version} while a rollout runs")
         elif s.phase is Phase.ABORTED:
@@ -512,7 +626,14 @@ class _Step:
         if s.phase in ROLLING:
             assert s.current is not None
             reason = "AwaitingPromotion" if s.phase is Phase.PAUSED else str(s.phase)
-            progressing = (True, reason, f"{s.current.to_version} on {s.preview}: {s.phase}")
+            message = f"{s.current.to_version} on {s.preview}: {s.phase}"
+            if failure is not None:
+                reason = failure.reason
+                message += (
+                    f"; {failing} (failing since {_time(failure.since)}, retried; the rollout aborts"
+                    f" at {_time(self._deadline())})"
+                )
+            progressing = (True, reason, message)
         elif s.phase is Phase.SCALE_DOWN_DELAY:
             until = self._since() + timedelta(seconds=self.spec.scale_down_delay_s)
             warm = f"{s.active} is active; {_old(s)} stays warm until {_time(until)}"
@@ -523,6 +644,8 @@ class _Step:
             progressing = (False, "UpToDate", "the active colour runs the spec")
         if s.phase is Phase.ABORTED and last is not None:
             degraded = (True, last.reason or "Aborted", last.message or "")
+        elif failure is not None:
+            degraded = (True, failure.reason, f"{failing} (since {_time(failure.since)}, retried)")
         else:
             degraded = (False, "AsExpected", "")
         return tuple(
@@ -530,7 +653,7 @@ class _Step:
             for type_, value in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded))
         )
 
-    def _condition(self, type_: str, gen: int, status: bool, reason: str, message: str) -> Condition:
+    def _condition(self, type_: str, gen: int, status: bool | None, reason: str, message: str) -> Condition:
         before = self.s.condition(type_)
         since = before.last_transition_time if before is not None and before.status == status else self.now
         return Condition(type_, status, reason, message, gen, since)
@@ -545,6 +668,34 @@ def _old(s: Status) -> str:
 
 def _time(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def _trim(message: str) -> str:
+    text = " ".join(message.split())
+    if len(text) <= FAILURE_MESSAGE_LIMIT:
+        return text
+    return text[: FAILURE_MESSAGE_LIMIT - 1] + "…"
+
+
+def _condition_status(value: bool | None) -> str:
+    return "Unknown" if value is None else "True" if value else "False"
+
+
+def _failure_dict(f: Failure | None) -> dict[str, Any] | None:
+    if f is None:
+        return None
+    return {"reason": f.reason, "operation": f.operation, "message": f.message, "since": _time(f.since)}
+
+
+def _parse_failure(data: Mapping[str, Any] | None) -> Failure | None:
+    if not data:
+        return None
+    return Failure(
+        reason=str(data.get("reason", "")),
+        operation=str(data.get("operation", "")),
+        message=str(data.get("message", "")),
+        since=_parse_time(data.get("since")) or EPOCH,
+    )
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -395,31 +395,54 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def test_the_operators_status_fits_the_status_schema() -> None:
     """Every status the operator's state machine writes (wacoder_operator.rollout, through a first
-    install, a rollout, a failed check) is accepted by the status schema, patch after patch."""
+    install, a rollout, a failed check, helm failing until the deadline) is accepted by the status
+    schema, patch after patch."""
+    for status in machine_statuses(load(EXAMPLES / "production.yaml")):
+        assert problems({**load(EXAMPLES / "production.yaml"), "status": status}) == [], status
+
+
+def machine_statuses(example: Json) -> list[Json]:
+    """The stored status after each reconcile of `example` (merge patch after merge patch), in
+    the stories the state machine tells: install, a rollout, a failed check, helm failing until
+    the deadline, the active colour going unavailable."""
     from datetime import UTC, datetime, timedelta
 
     from wacoder_operator.rollout import CheckResult, Colour, Observed, Status, decide
     from wacoder_operator.values import rollout_spec
 
-    bot = apply_defaults(load(EXAMPLES / "production.yaml"), schema())
+    bot = apply_defaults(copy.deepcopy(example), schema())
+    name = bot["metadata"]["name"]
     now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-    status, stored, phases = Status(), {}, set()
-    for version, checks_pass in (("0.1.0", True), ("0.2.0", True), ("0.3.0", False)):
+    stored: Json = {}
+    status = Status()
+    seen: list[Json] = []
+    stories = [("0.1.0", "pass", True), ("0.2.0", "pass", True), ("0.3.0", "fail", True)]
+    stories += [("0.4.0", "helm", True), ("0.4.0", "pass", False)]
+    for version, outcome, serving in stories:
         bot["spec"]["version"] = version
-        spec = rollout_spec("acme", bot["spec"], 1, {"whatsappcoder.dev/promote": "true"})
-        for _ in range(8):
+        annotations = {"whatsappcoder.dev/promote": "true"}
+        for _ in range(6):
+            spec = rollout_spec(name, bot["spec"], 1, annotations)
             observed = Observed(
                 config_hash=spec.config_hash,
                 routes={"active": status.active, "preview": status.preview},
-                available=frozenset(Colour),
-                checks=CheckResult(checks_pass, "ok" if checks_pass else "synthetic message: no reply"),
+                available=frozenset(Colour) if outcome != "helm" else frozenset(),
+                checks=CheckResult(outcome != "fail", "ok" if outcome != "fail" else "no reply"),
+                serving=frozenset(Colour) if serving else frozenset(),
             )
             now += timedelta(seconds=400)
-            status = decide(spec, status, observed, now).status
+            decision = decide(spec, status, observed, now)
+            applies = [a for a in decision.actions if type(a).__name__ == "ApplyRelease"]
+            if outcome == "helm" and applies:
+                decision = decision.failed(
+                    applies, "HelmFailed", f"helm upgrade --install {name}", "Error: x"
+                )
+            status = decision.status
             stored = merge_patch(stored, status.to_dict())
-            phases.add(stored.get("phase"))
-            assert problems({**bot, "status": stored}) == [], stored
-    assert len(phases) >= 3, phases
+            seen.append(stored)
+    phases = {s.get("phase") for s in seen}
+    assert {"Deploying", "Verifying", "ScaleDownDelay", "Healthy", "Aborted"} <= phases, phases
+    return seen
 
 
 @pytest.mark.skipif(celpy is None, reason="cel-python is not installed: the Python equivalents stand in")

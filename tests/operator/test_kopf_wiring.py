@@ -2,7 +2,8 @@
 against kmock's Kubernetes emulation, reached through a kubeconfig as a cluster would be.
 
 `helm` is a stand-in executable first on PATH that records its arguments and the values file
-it was given (the operator cannot tell). The test plays the cluster's controllers: when a colour
+it was given (the operator cannot tell); while the file HELM_FAIL names exists, it fails as helm
+does, that file's text on stderr. The test plays the cluster's controllers: when a colour
 is installed it creates that release's Deployments, available at the installed version. The
 preview's checks are served by a local HTTP server (WACODER_PREVIEW_URL) that verifies the
 operator's Twilio signature with twilio's own RequestValidator, as the webhook does."""
@@ -39,9 +40,15 @@ HELM_STAND_IN = """#!{python}
 import json, os, pathlib, sys
 args = sys.argv[1:]
 values = pathlib.Path(args[args.index("-f") + 1]).read_text() if "-f" in args else None
+fail = pathlib.Path(os.environ["HELM_FAIL"])
+failed = fail.exists()
 with open(os.environ["HELM_RECORD"], "a") as record:
-    record.write(json.dumps({{"args": args, "values": values}}) + "\\n")
+    record.write(json.dumps({{"args": args, "values": values, "failed": failed}}) + "\\n")
+if failed:
+    sys.stderr.write(fail.read_text())
+    sys.exit(1)
 """
+HELM_STUCK = "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress\n"
 
 
 def bot(version: str = "1.0", **spec: Any) -> dict[str, Any]:
@@ -104,8 +111,8 @@ class Preview:
 class Cluster:
     """kmock's emulated API, the recorded helm calls, and the controllers the test plays."""
 
-    def __init__(self, api: kmock.KubernetesEmulator, record: Path) -> None:
-        self.api, self.record = api, record
+    def __init__(self, api: kmock.KubernetesEmulator, record: Path, helm_fail: Path) -> None:
+        self.api, self.record, self.helm_fail = api, record, helm_fail
         self.seen_calls = 0
         self.runner: KopfRunner | None = None
 
@@ -169,7 +176,7 @@ class Cluster:
         calls = self.helm_calls()
         for call in calls[self.seen_calls :]:
             args = call["args"]
-            if args[0] == "upgrade":
+            if args[0] == "upgrade" and not call["failed"]:
                 release, tag = args[2], yaml.safe_load(call["values"])["image"]["tag"]
                 for component in COMPONENTS:
                     await self.deployment(release, component, tag)
@@ -250,10 +257,11 @@ async def cluster(
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("HELM_BIN", raising=False)
     monkeypatch.setenv("HELM_RECORD", str(tmp_path / "helm.jsonl"))
+    monkeypatch.setenv("HELM_FAIL", str(tmp_path / "helm-fails"))
     monkeypatch.setenv("WACODER_CHART", "/charts/whatsapp-coder")
     monkeypatch.setenv("WACODER_PREVIEW_URL", f"http://127.0.0.1:{server.port}")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    world = Cluster(kmock, tmp_path / "helm.jsonl")
+    world = Cluster(kmock, tmp_path / "helm.jsonl", tmp_path / "helm-fails")
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -391,3 +399,88 @@ async def test_a_restarted_operator_resumes_a_paused_rollout_and_promotes_on_ann
             not in ((world.get(BOTS, "acme") or {})["metadata"].get("annotations") or {})
         ),
     )
+
+
+def warnings(world: Cluster) -> list[tuple[str, str]]:
+    return [(reason, message) for type_, reason, message in world.events() if type_ == "Warning"]
+
+
+async def test_helm_failing_ends_degraded_at_the_deadline_and_traffic_stays_on_the_old_colour(
+    cluster: tuple[Cluster, Preview],
+) -> None:
+    world, _ = cluster
+    rollout = {"scaleDownDelaySeconds": 1, "progressDeadlineSeconds": 3}
+    # A first install that cannot succeed: helm keeps failing (a release stuck pending-upgrade).
+    world.helm_fail.write_text("coalesce.go:286: warning: skipped value\n" + HELM_STUCK)
+    await world.apply_bot(bot(rollout=rollout))
+    await world.until(
+        "the failure in the status while it is retried",
+        lambda: (
+            world.status().get("phase") == "Deploying"
+            and world.condition("Progressing")["reason"] == "HelmFailed"
+        ),
+    )
+    progressing = world.condition("Progressing")
+    assert "helm upgrade --install acme-blue" in progressing["message"]
+    assert HELM_STUCK.strip() in progressing["message"] and "warning" not in progressing["message"]
+    assert world.status()["phaseSince"] == world.status()["currentRollout"]["startedAt"]
+    await world.until("the deadline aborted it", lambda: world.status().get("phase") == "Aborted")
+    assert len([c for c in world.helm_calls() if c["args"][0] == "upgrade"]) >= 2  # retried meanwhile
+    ready, degraded = world.condition("Ready"), world.condition("Degraded")
+    assert (ready["status"], ready["reason"]) == ("False", "Aborted")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ProgressDeadlineExceeded")
+    assert "Deploying for more than 3s" in degraded["message"] and "another operation" in degraded["message"]
+    assert degraded["observedGeneration"] == 1
+    reasons = [reason for reason, _ in warnings(world)]
+    assert reasons.count("HelmFailed") == 1 and "ProgressDeadlineExceeded" in reasons
+    assert world.get("v1/services", "acme-active") is None  # nothing ever served
+    calls = len(world.helm_calls())
+    await asyncio.sleep(1)  # Aborted is stable: helm is not called again
+    assert len(world.helm_calls()) == calls
+
+    # helm works again; the promote annotation retries, and blue serves.
+    world.helm_fail.unlink()
+    await world.patch_bot({"metadata": {"annotations": {"whatsappcoder.dev/promote": "true"}}})
+    await world.until("blue installed", lambda: world.status().get("phase") == "Healthy")
+    assert world.condition("Ready")["status"] == "True" and world.condition("Degraded")["status"] == "False"
+    assert world.status().get("failure") is None
+
+    # A rollout whose helm fails: aborted at the deadline, traffic never left blue.
+    world.helm_fail.write_text("Error: UPGRADE FAILED: chart requires kubeVersion >=1.40.0\n")
+    await world.patch_bot({"spec": {"version": "2.0"}})
+    await world.until("the rollout aborted", lambda: world.status().get("phase") == "Aborted")
+    assert world.selector("acme-active") == "blue" and world.status()["activeColour"] == "blue"
+    degraded = world.condition("Degraded")
+    assert degraded["reason"] == "ProgressDeadlineExceeded" and "kubeVersion" in degraded["message"]
+    assert (
+        world.condition("Ready")["status"] == "True" and world.condition("Ready")["observedGeneration"] == 2
+    )
+    assert any(r == "ProgressDeadlineExceeded" and "traffic stays on blue" in m for r, m in warnings(world))
+
+
+async def test_ready_follows_the_active_colours_deployments_after_promotion(
+    cluster: tuple[Cluster, Preview],
+) -> None:
+    world, preview = cluster
+    await healthy_on_blue(world, preview)
+    calls = len(world.helm_calls())
+
+    async def agent_available(available: bool) -> None:
+        status = {
+            "availableReplicas": 2 if available else 0,
+            "conditions": [{"type": "Available", "status": str(available)}],
+        }
+        path = f"/apis/apps/v1/namespaces/{NS}/deployments/acme-blue-agent"
+        assert await world.call("PATCH", path, {"status": status}, merge=True) == 200
+
+    await agent_available(False)  # blue's agent pods went away (their node did)
+    await world.until("Ready is False", lambda: world.condition("Ready")["status"] == "False")
+    ready = world.condition("Ready")
+    assert ready["reason"] == "ActiveUnavailable" and "blue" in ready["message"]
+    assert ready["observedGeneration"] == 1
+    assert world.status()["phase"] == "Healthy" and len(world.helm_calls()) == calls  # no rollout
+    assert any(r == "ActiveUnavailable" for r, _ in warnings(world))
+    await agent_available(True)
+    await world.until("Ready is True again", lambda: world.condition("Ready")["status"] == "True")
+    assert world.condition("Ready")["reason"] == "Serving" and len(world.helm_calls()) == calls
+    assert ("Normal", "ActiveAvailable") in [(t, r) for t, r, _ in world.events()]

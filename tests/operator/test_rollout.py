@@ -3,11 +3,17 @@ world applies the actions it asks for (routes switch, ConfigMap written, Deploym
 unavailable when a colour is re-applied or scaled down) and the test marks Deployments
 available and serves check results. Every transition, an abort at each phase, retargeting,
 instant rollback in the scale-down window, the deadline of each waiting phase, idempotence,
-a restart at each phase (the status through JSON and back), and the conditions' bookkeeping."""
+a restart at each phase (the status through JSON and back), and the conditions' bookkeeping.
+
+The world can also fail as a cluster does: helm refusing every install, the API refusing a
+kind of call, reads failing; the bot then runs its actions as the handler does (stop at the
+first failure but for the Events, record it with `Decision.failed`). And the active colour's
+Deployments can stop serving after promotion: Ready must say so, and say when they are back."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +21,7 @@ import pytest
 from wacoder_operator.rollout import (
     ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
+    Action,
     ApplyRelease,
     CheckResult,
     ClearAnnotation,
@@ -51,6 +58,10 @@ def spec(version: str = "1.0", generation: int = 1, **changes: object) -> Spec:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+HELM_STUCK = "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress"
+FORBIDDEN = 'services "acme-active" is forbidden: User "system:serviceaccount:op" cannot patch'
+
+
 @dataclass
 class World:
     """The cluster as the actions leave it."""
@@ -60,24 +71,58 @@ class World:
     available: set[Colour] = field(default_factory=set)
     checks: CheckResult | None = None
     applied: list[Colour] = field(default_factory=list)
+    running: set[Colour] = field(default_factory=set)  # colours with pods (applied, not scaled down)
+    down: set[Colour] = field(default_factory=set)  # colours whose pods the test made unavailable
+    # what fails: an action -> (condition reason, operation, message); None: it succeeds
+    refuses: Callable[[Action], tuple[str, str, str] | None] = lambda action: None
+    read_error: str | None = None  # reading the cluster fails (the Deployments are not seen)
 
     def observed(self) -> Observed:
-        return Observed(self.config_hash, dict(self.routes), frozenset(self.available), self.checks)
+        serving = None if self.read_error else frozenset(self.running - self.down)
+        available = frozenset() if self.read_error else frozenset(self.available)
+        return Observed(self.config_hash, dict(self.routes), available, self.checks, serving, self.read_error)
+
+    def run(self, decision: Decision, spec: Spec) -> Decision:
+        """As the handler runs a decision: in order, after a failure only the Events."""
+        undone: list[Action] = []
+        failure = None
+        for action in decision.actions:
+            if failure is not None and not isinstance(action, (Emit, ClearAnnotation)):
+                undone.append(action)
+                continue
+            refused = self.refuses(action)
+            if refused is not None:
+                undone.append(action)
+                failure = failure or refused
+                continue
+            self.apply_one(action, spec)
+        return decision if failure is None else decision.failed(undone, *failure)
 
     def apply(self, decision: Decision, spec: Spec) -> None:
         for action in decision.actions:
-            if isinstance(action, WriteConfigMap):
-                self.config_hash = spec.config_hash
-            elif isinstance(action, ApplyRelease):
-                self.applied.append(action.colour)
-                self.available.discard(action.colour)  # new pods: not available until they are
-            elif isinstance(action, Route):
-                if action.active:
-                    self.routes["active"] = action.active
-                if action.preview:
-                    self.routes["preview"] = action.preview
-            elif isinstance(action, ScaleDown):
-                self.available.discard(action.colour)
+            self.apply_one(action, spec)
+
+    def apply_one(self, action: Action, spec: Spec) -> None:
+        if isinstance(action, WriteConfigMap):
+            self.config_hash = spec.config_hash
+        elif isinstance(action, ApplyRelease):
+            self.applied.append(action.colour)
+            self.running.add(action.colour)
+            self.available.discard(action.colour)  # new pods: not available until they are
+        elif isinstance(action, Route):
+            if action.active:
+                self.routes["active"] = action.active
+            if action.preview:
+                self.routes["preview"] = action.preview
+        elif isinstance(action, ScaleDown):
+            self.available.discard(action.colour)
+            self.running.discard(action.colour)
+
+
+def helm_refuses(action: Action) -> tuple[str, str, str] | None:
+    if isinstance(action, ApplyRelease):
+        return "HelmFailed", f"helm upgrade --install acme-{action.colour}", HELM_STUCK
+    return None
 
 
 @dataclass
@@ -87,9 +132,9 @@ class Bot:
     now: datetime = T0
 
     def step(self, spec: Spec, seconds: float = 1) -> Decision:
+        """One reconcile: decide, run the actions in the world, keep the status it records."""
         self.now += timedelta(seconds=seconds)
-        decision = decide(spec, self.status, self.world.observed(), self.now)
-        self.world.apply(decision, spec)
+        decision = self.world.run(decide(spec, self.status, self.world.observed(), self.now), spec)
         self.status = decision.status
         return decision
 
@@ -102,7 +147,7 @@ def events(decision: Decision) -> list[tuple[str, str]]:
     return [(a.type, a.reason) for a in decision.actions if isinstance(a, Emit)]
 
 
-def conditions(status: Status) -> dict[str, tuple[bool, str]]:
+def conditions(status: Status) -> dict[str, tuple[bool | None, str]]:
     return {c.type: (c.status, c.reason) for c in status.conditions}
 
 
@@ -520,3 +565,186 @@ def test_annotations_become_the_specs_promote_and_abort() -> None:
     assert rollout_spec("acme", BASE, 1, {PROMOTE_ANNOTATION: "true"}).promote
     assert rollout_spec("acme", BASE, 1, {ABORT_ANNOTATION: ""}).abort
     assert not rollout_spec("acme", BASE, 1, {PROMOTE_ANNOTATION: "false"}).promote
+
+
+# --- helm and the Kubernetes API failing ----------------------------------------------------------
+
+
+def warnings(decision: Decision) -> list[str]:
+    return [a.reason for a in decision.actions if isinstance(a, Emit) and a.type == "Warning"]
+
+
+def counting(
+    refuses: Callable[[Action], tuple[str, str, str] | None], calls: list[Action]
+) -> Callable[[Action], tuple[str, str, str] | None]:
+    def refuse(action: Action) -> tuple[str, str, str] | None:
+        calls.append(action)
+        return refuses(action)
+
+    return refuse
+
+
+def test_a_first_install_helm_keeps_refusing_retries_until_the_deadline_then_ends_degraded() -> None:
+    calls: list[Action] = []
+    bot = Bot()
+    bot.world.refuses = counting(helm_refuses, calls)
+    first = bot.step(spec())
+    started = bot.now
+    # The phase and its clock are recorded although its first action failed.
+    assert bot.status.phase is Phase.DEPLOYING and bot.status.phase_since == started
+    assert bot.status.releases[BLUE].pending and bot.world.applied == []
+    assert warnings(first) == ["HelmFailed"]
+    assert conditions(bot.status) == {
+        "Ready": (False, "Installing"),
+        "Progressing": (True, "HelmFailed"),
+        "Degraded": (True, "HelmFailed"),
+    }
+    progressing = bot.status.condition("Progressing")
+    assert progressing is not None and HELM_STUCK in progressing.message
+    assert "helm upgrade --install acme-blue" in progressing.message
+    assert "2026-11-29T10:10:01Z" in progressing.message  # when it aborts: started + 600 s
+    # ... and survive a restart: all of it is in the status.
+    assert Status.from_dict(json.loads(json.dumps(bot.status.to_dict()))) == bot.status
+
+    retry = bot.step(spec(), seconds=300)
+    assert calls.count(ApplyRelease(BLUE)) == 2 and warnings(retry) == []  # one Warning, not one a try
+    assert bot.status.phase_since == started and bot.status.failure.since == started  # type: ignore[union-attr]
+
+    aborted = bot.step(spec(), seconds=301)
+    assert bot.status.phase is Phase.ABORTED and warnings(aborted) == ["ProgressDeadlineExceeded"]
+    assert calls.count(ApplyRelease(BLUE)) == 2  # the deadline passed: no more tries
+    assert conditions(bot.status) == {
+        "Ready": (False, "Aborted"),
+        "Progressing": (False, "ProgressDeadlineExceeded"),
+        "Degraded": (True, "ProgressDeadlineExceeded"),
+    }
+    degraded = bot.status.condition("Degraded")
+    assert degraded is not None and "Deploying for more than 600s" in degraded.message
+    assert HELM_STUCK in degraded.message
+    last = bot.status.last
+    assert last is not None and (last.result, last.reason) == ("Aborted", "ProgressDeadlineExceeded")
+    assert bot.step(spec(), seconds=3600).actions == ()  # Aborted is stable: helm is left alone
+
+    # The way out once helm works: the promote annotation (or a new spec) tries again.
+    bot.world.refuses = lambda action: None
+    bot.step(spec(promote=True))
+    assert bot.world.applied == [BLUE] and bot.status.failure is None
+    assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+
+
+@pytest.mark.parametrize("helm_recovers", [True, False])
+def test_helm_failing_mid_rollout_keeps_traffic_on_the_old_colour(helm_recovers: bool) -> None:
+    bot = healthy()
+    bot.world.refuses = helm_refuses
+    target = spec("2.0", 2)
+    bot.step(target)
+    started = bot.status.phase_since
+    assert bot.status.phase is Phase.DEPLOYING and bot.status.releases[GREEN].pending
+    assert bot.world.routes["active"] is BLUE
+    assert conditions(bot.status)["Ready"] == (True, "RolloutInProgress")
+    assert conditions(bot.status)["Progressing"] == (True, "HelmFailed")
+    if helm_recovers:
+        bot.world.refuses = lambda action: None
+        bot.step(target, seconds=30)
+        assert bot.world.applied[-1] is GREEN and not bot.status.releases[GREEN].pending
+        assert bot.status.failure is None and bot.status.phase_since == started  # the same deadline
+        assert conditions(bot.status)["Progressing"] == (True, "Deploying")
+        assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+        bot.world.available.add(GREEN)
+        bot.step(target)
+        bot.world.checks = OK
+        bot.step(target)
+        assert bot.status.phase is Phase.SCALE_DOWN_DELAY and bot.status.active is GREEN
+    else:
+        bot.step(target, seconds=601)
+        assert bot.status.phase is Phase.ABORTED and bot.status.active is BLUE
+        assert bot.world.routes == {"active": BLUE, "preview": BLUE}
+        assert conditions(bot.status)["Degraded"] == (True, "ProgressDeadlineExceeded")
+        assert conditions(bot.status)["Ready"] == (True, "RolloutAborted")
+
+
+def test_a_refused_switch_is_retried_and_nothing_scales_down_before_traffic_moved() -> None:
+    bot = rolling(Phase.VERIFYING)
+    target = spec("2.0", 2)
+
+    def api_refuses(action: Action) -> tuple[str, str, str] | None:
+        if isinstance(action, Route):
+            return "KubernetesApiFailed", "PATCH /api/v1/namespaces/bots/services/acme-active", FORBIDDEN
+        return None
+
+    bot.world.refuses = api_refuses
+    bot.world.checks = OK
+    bot.step(target)
+    bot.world.checks = None
+    assert bot.status.phase is Phase.SCALE_DOWN_DELAY and bot.world.routes["active"] is BLUE
+    assert conditions(bot.status)["Degraded"] == (True, "KubernetesApiFailed")
+    bot.step(target, seconds=400)  # past the window: blue would scale down, but traffic is still on it
+    assert BLUE in bot.world.running and not bot.status.releases[BLUE].scaled_down
+    bot.world.refuses = lambda action: None
+    healed = bot.step(target)
+    assert healed.actions[0] == Route(GREEN, GREEN) and ScaleDown(BLUE) in healed.actions
+    assert bot.world.routes["active"] is GREEN and BLUE not in bot.world.running
+    assert bot.status.phase is Phase.HEALTHY and bot.status.failure is None
+    assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+
+
+def test_a_failing_in_place_upgrade_is_degraded_and_retried_without_a_rollout() -> None:
+    bot = healthy()
+    bot.world.refuses = helm_refuses
+    more = spec(values_hash="values-1.0-more-replicas")
+    bot.step(more)
+    assert bot.status.phase is Phase.HEALTHY and bot.status.releases[BLUE].pending
+    assert conditions(bot.status)["Ready"] == (True, "Serving")
+    assert conditions(bot.status)["Degraded"] == (True, "HelmFailed")
+    bot.world.refuses = lambda action: None
+    again = bot.step(more, seconds=10)
+    assert again.actions == (ApplyRelease(BLUE),) and not bot.status.releases[BLUE].pending
+    assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+
+
+def test_failing_reads_are_reported_and_a_waiting_phase_still_has_its_deadline() -> None:
+    bot = rolling(Phase.DEPLOYING)
+    target = spec("2.0", 2)
+    bot.world.available.add(GREEN)  # green is up, but the operator cannot see it
+    bot.world.read_error = "GET /apis/apps/v1/namespaces/bots/deployments: 403 Forbidden: no list"
+    bot.step(target)
+    assert bot.status.phase is Phase.DEPLOYING
+    assert conditions(bot.status) == {
+        "Ready": (None, "ActiveNotObserved"),  # Unknown: not a guess either way
+        "Progressing": (True, "KubernetesApiFailed"),
+        "Degraded": (True, "KubernetesApiFailed"),
+    }
+    assert bot.status.to_dict()["conditions"][0]["status"] == "Unknown"
+    bot.step(target, seconds=600)
+    assert bot.status.phase is Phase.ABORTED and bot.status.active is BLUE
+    degraded = bot.status.condition("Degraded")
+    assert degraded is not None and degraded.reason == "ProgressDeadlineExceeded"
+    assert "403 Forbidden: no list" in degraded.message
+    bot.world.read_error = None
+    bot.step(target)
+    assert conditions(bot.status)["Ready"] == (True, "RolloutAborted")
+
+
+# --- Ready is observed after promotion ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", [Phase.HEALTHY, Phase.SCALE_DOWN_DELAY, Phase.DEPLOYING, Phase.ABORTED])
+def test_ready_follows_the_active_colours_deployments_without_a_rollout(phase: Phase) -> None:
+    bot, target = at(phase)
+    active = bot.status.active
+    assert active is not None and conditions(bot.status)["Ready"][0] is True
+    phase_since = bot.status.phase_since
+    bot.world.down.add(active)
+    down = bot.step(replace(target, generation=target.generation + 1), seconds=5)
+    assert kinds(down) == [Emit] and warnings(down) == ["ActiveUnavailable"]  # nothing installed
+    assert bot.status.phase is phase and bot.status.phase_since == phase_since
+    ready = bot.status.condition("Ready")
+    assert ready is not None and (ready.status, ready.reason) == (False, "ActiveUnavailable")
+    assert ready.observed_generation == target.generation + 1 and ready.last_transition_time == bot.now
+    assert active.value in ready.message
+    assert bot.step(replace(target, generation=target.generation + 1)).actions == ()  # said once
+    bot.world.down.clear()
+    up = bot.step(replace(target, generation=target.generation + 1))
+    assert [(a.type, a.reason) for a in up.actions if isinstance(a, Emit)] == [("Normal", "ActiveAvailable")]
+    assert conditions(bot.status)["Ready"][0] is True
+    assert bot.status.condition("Ready").last_transition_time == bot.now  # type: ignore[union-attr]
