@@ -18,9 +18,11 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from devtools.stack import Stack
 from wacoder import keys
 from wacoder.phones import phone_hash
@@ -75,6 +77,91 @@ def test_a_coding_session_on_the_cluster(new_user: Callable[[], Conversation]) -
     assert session_id is not None
     summary = bob.wait_progress(rf"Session `{session_id.group(1)}` in \*cluster-api\*", timeout_s=120)
     assert "Tests:" in summary
+
+
+# A test of the project's own that keeps the tester (the last agent) busy this long: the session
+# is still running, its relay mid-way, when the relaying replica dies.
+SLOW_TEST = """import time
+
+
+def test_takes_its_time() -> None:
+    time.sleep(15)
+"""
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_dead_replicas_relay_is_taken_over_and_every_line_arrives_once(
+    stack: Stack, env: dict[str, str], twilio_sim: TwilioSim, redis_cluster: RedisClusterServer
+) -> None:
+    """One replica relays a session (the one whose lease holds the user's shard); killed with -9
+    and not restarted, its lease expires and the other replica takes the shard over and relays
+    the rest: each agent's line and the summary reach the user exactly once."""
+    carol = Conversation(env, twilio_sim, "+15558840001")
+    project_id = re.search(r"`(proj_[0-9a-f]+)`", carol.ask("/new takeover-api"))
+    assert project_id is not None
+    tests = Path(env["AUTOCODER_DATA_DIR"]) / "projects" / project_id.group(1) / "tests"
+    tests.mkdir(parents=True, exist_ok=True)
+    (tests / "test_takes_its_time.py").write_text(SLOW_TEST)
+    shard = keys.shard_of(user_of(env, carol.phone))
+    r = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    agents = {process.env["REPLICA_ID"]: process for process in stack.replicas("agent")}
+    assert len(agents) == 2
+
+    started = carol.ask("/run build a greeting API with a database and a Dockerfile", timeout_s=40)
+    session = re.search(r"`(sess_[0-9a-f]+)`", started)
+    assert session is not None, started
+    session_id = session.group(1)
+    first = carol.wait_progress(r"^✅ \*planner\* done", timeout_s=60)
+    summary_pattern = rf"Session `{session_id}` in \*takeover-api\*"
+    # The replica relaying it: the one whose lease holds the user's shard.
+    owner = r.get(keys.shard_lease("agent", shard))
+    assert owner in agents, f"the user's shard is not held by an agent replica: {owner}"
+    [successor] = [replica for replica in agents if replica != owner]
+    try:
+        # Mid-relay: a batch is out, the session still runs (the tester sleeps), the relay is
+        # still registered.
+        assert not any(re.search(summary_pattern, body) for body in carol.progress), carol.progress
+        assert r.exists(keys.session_watch(shard, session_id))
+        agents[owner].kill()
+        before_kill = len(twilio_sim.messages(f"whatsapp:{carol.phone}"))
+
+        summary = carol.wait_progress(summary_pattern, timeout_s=120)
+        assert r.get(keys.shard_lease("agent", shard)) == successor, "the shard was taken over"
+        # Nothing more can come: the relay has ended (its record is gone), and the user's outbox
+        # shard is empty (the notifier deletes what it has sent).
+        wait_until(lambda: not r.exists(keys.session_watch(shard, session_id)), 30, "the relay to end")
+        wait_until(lambda: r.xlen(keys.outbox_stream(shard)) == 0, 30, "the outbox to drain")
+    finally:
+        # For the tests after this one, which want two agents again.
+        if not agents[owner].alive:
+            agents[owner].start()
+            agents[owner].wait_ready()
+        r.close()
+
+    bodies = [m["body"] for m in twilio_sim.messages(f"whatsapp:{carol.phone}")]
+    progress = [body for body in bodies if PROGRESS.match(body)]
+    assert first in progress and progress[-1] == summary, progress
+    lines = [line for body in progress for line in body.splitlines() if PROGRESS.match(line)]
+    twice = [line for line, n in Counter(lines).items() if n > 1]
+    assert not twice, f"relayed twice: {twice}"
+    assert sum(1 for line in lines if "Session `" in line) == 1, lines
+    # Each agent of the session has its one line: those before the kill from the dead replica,
+    # the rest from its successor.
+    ran = re.search(r"^Agents: (.+)$", summary, re.M)
+    assert ran is not None, summary
+    agent_names = [part.split()[0] for part in ran.group(1).split(", ")]
+    assert {"planner", "developer", "tester"} <= set(agent_names), agent_names
+    relayed = Counter(re.findall(r"^(?:✅|❌|⏭️) \*(\w+)\*", "\n".join(lines), re.M))
+    assert relayed == Counter(agent_names), (relayed, agent_names)
+    # The tester was still at work when the owner died: its line came from the successor.
+    assert any("*tester*" in body for body in bodies[before_kill:]), bodies[before_kill:]
+    assert "Tests:" in summary and "0 failed" in summary, summary
 
 
 def runs_a_session(u: int) -> bool:
@@ -150,13 +237,15 @@ def test_chaos_with_replicas_every_message_answered_once_in_order_and_progress_r
                 accepted[phones[u]].append(expect)
             time.sleep(random.uniform(0.3, 1.0))  # people type; the chaos needs time to strike
 
-    victims = stack.replicas("agent") + stack.replicas("notifier")
+    # Agent and notifier replicas in turn, a random one of each: both services lose replicas.
+    by_service = [stack.replicas("agent"), stack.replicas("notifier")]
+    victims = [process for replicas in by_service for process in replicas]
     kills: list[str] = []
 
     def chaos() -> None:
         rng = random.Random(7)
         while not done.wait(rng.uniform(0.5, 1.5)):
-            victim = rng.choice(victims)
+            victim = rng.choice(by_service[len(kills) % 2])
             victim.kill()
             kills.append(victim.env.get("REPLICA_ID", victim.spec.name))
             # As Kubernetes would; not waiting: the next kill may come first.
@@ -174,6 +263,8 @@ def test_chaos_with_replicas_every_message_answered_once_in_order_and_progress_r
     done.set()
     killer.join()
     assert len(kills) >= 4, kills
+    for service in ("agent", "notifier"):
+        assert any(kill.startswith(f"{service}-") for kill in kills), f"no {service} replica killed: {kills}"
     total = sum(len(v) for v in accepted.values())
     assert total == USERS * len(script(0))
 
@@ -204,6 +295,9 @@ def test_chaos_with_replicas_every_message_answered_once_in_order_and_progress_r
         assert not twice, f"{phone}: progress relayed twice (kills: {kills}): {twice}"
         summaries = [line for line in lines if "Session `" in line]
         assert len(summaries) == (1 if phone in sessions else 0), f"{phone}: {summaries}"
+        # A session's agents were relayed as they finished, not only its summary.
+        agent_lines = [line for line in lines if "Session `" not in line]
+        assert bool(agent_lines) == (phone in sessions), f"{phone}: progress {lines} (kills: {kills})"
 
     # The redo of a turn that created something did not create it twice.
     async def count_at_autocoder() -> dict[str, tuple[int, int]]:
