@@ -395,53 +395,65 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def test_the_operators_status_fits_the_status_schema() -> None:
     """Every status the operator's state machine writes (wacoder_operator.rollout, through a first
-    install, a rollout, a failed check, helm failing until the deadline) is accepted by the status
-    schema, patch after patch."""
-    for status in machine_statuses(load(EXAMPLES / "production.yaml")):
-        assert problems({**load(EXAMPLES / "production.yaml"), "status": status}) == [], status
+    install, a rollout, a failed check, helm failing until the deadline, the active colour going
+    unavailable) is accepted by the status schema, patch after patch."""
+    example = load(EXAMPLES / "production.yaml")
+    seen = [status for _, status in machine_statuses(example, STORIES)]
+    phases = {status.get("phase") for status in seen}
+    assert {"Deploying", "Verifying", "Paused", "ScaleDownDelay", "Healthy", "Aborted"} <= phases, phases
+    assert any(status.get("failure") for status in seen)
+    for status in seen:
+        assert problems({**example, "status": status}) == [], status
 
 
-def machine_statuses(example: Json) -> list[Json]:
-    """The stored status after each reconcile of `example` (merge patch after merge patch), in
-    the stories the state machine tells: install, a rollout, a failed check, helm failing until
-    the deadline, the active colour going unavailable."""
+# Stories the state machine is driven through, each from a new bot: (version, what the cluster
+# does, whether the active colour serves) per chapter. "pass": Deployments come up, checks pass;
+# "fail": the checks fail; "helm": every helm upgrade --install fails.
+Story = list[tuple[str, str, bool]]
+STORIES: list[Story] = [
+    [("0.1.0", "pass", True), ("0.2.0", "pass", True)],
+    [("0.1.0", "pass", True), ("0.2.0", "fail", True)],
+    [("0.1.0", "helm", True)],
+    [("0.1.0", "pass", True), ("0.2.0", "helm", True)],
+    [("0.1.0", "pass", True), ("0.1.0", "pass", False)],
+]
+
+
+def machine_statuses(example: Json, stories: list[Story]) -> list[tuple[str, Json]]:
+    """(spec.version, the stored status) after each reconcile of `example`, merge patch after
+    merge patch, as wacoder_operator.rollout decides them (a person promotes what is Paused)."""
     from datetime import UTC, datetime, timedelta
 
-    from wacoder_operator.rollout import CheckResult, Colour, Observed, Status, decide
+    from wacoder_operator.rollout import ApplyRelease, CheckResult, Colour, Observed, Phase, Status, decide
     from wacoder_operator.values import rollout_spec
 
     bot = apply_defaults(copy.deepcopy(example), schema())
     name = bot["metadata"]["name"]
     now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-    stored: Json = {}
-    status = Status()
-    seen: list[Json] = []
-    stories = [("0.1.0", "pass", True), ("0.2.0", "pass", True), ("0.3.0", "fail", True)]
-    stories += [("0.4.0", "helm", True), ("0.4.0", "pass", False)]
-    for version, outcome, serving in stories:
-        bot["spec"]["version"] = version
-        annotations = {"whatsappcoder.dev/promote": "true"}
-        for _ in range(6):
-            spec = rollout_spec(name, bot["spec"], 1, annotations)
-            observed = Observed(
-                config_hash=spec.config_hash,
-                routes={"active": status.active, "preview": status.preview},
-                available=frozenset(Colour) if outcome != "helm" else frozenset(),
-                checks=CheckResult(outcome != "fail", "ok" if outcome != "fail" else "no reply"),
-                serving=frozenset(Colour) if serving else frozenset(),
-            )
-            now += timedelta(seconds=400)
-            decision = decide(spec, status, observed, now)
-            applies = [a for a in decision.actions if type(a).__name__ == "ApplyRelease"]
-            if outcome == "helm" and applies:
-                decision = decision.failed(
-                    applies, "HelmFailed", f"helm upgrade --install {name}", "Error: x"
+    seen: list[tuple[str, Json]] = []
+    for story in stories:
+        stored: Json = {}
+        status = Status()
+        for version, outcome, serving in story:
+            bot["spec"]["version"] = version
+            for _ in range(6):
+                promote = {"whatsappcoder.dev/promote": "true"} if status.phase is Phase.PAUSED else {}
+                spec = rollout_spec(name, bot["spec"], 1, promote)
+                observed = Observed(
+                    config_hash=spec.config_hash,
+                    routes={"active": status.active, "preview": status.preview or status.active},
+                    available=frozenset(Colour) if outcome != "helm" else frozenset(),
+                    checks=CheckResult(outcome != "fail", "ok" if outcome != "fail" else "no reply"),
+                    serving=frozenset(Colour) if serving else frozenset(),
                 )
-            status = decision.status
-            stored = merge_patch(stored, status.to_dict())
-            seen.append(stored)
-    phases = {s.get("phase") for s in seen}
-    assert {"Deploying", "Verifying", "ScaleDownDelay", "Healthy", "Aborted"} <= phases, phases
+                now += timedelta(seconds=400)
+                decision = decide(spec, status, observed, now)
+                applies = [a for a in decision.actions if isinstance(a, ApplyRelease)]
+                if outcome == "helm" and applies:
+                    decision = decision.failed(applies, "HelmFailed", f"helm upgrade --install {name}", "x")
+                status = decision.status
+                stored = merge_patch(stored, status.to_dict())
+                seen.append((version, stored))
     return seen
 
 
@@ -755,30 +767,66 @@ def test_rbac_can_be_left_out() -> None:
 # --- docs ------------------------------------------------------------------------------------
 
 
-def test_readme_shows_apply_and_get_with_the_printer_columns() -> None:
-    from wacoder_operator.rollout import Phase
+def printer_column(obj: Json, path: str) -> str:
+    """A printer column's cell: its JSONPath (the subset the CRD uses: `.a.b` and
+    `[?(@.key=="value")]`) evaluated as the API server does, the first match; a missing field is
+    an empty cell."""
+    steps = re.findall(r'\.(\w+)|\[\?\(@\.(\w+)=="([^"]*)"\)\]', path)
+    rebuilt = "".join(f".{k}" if k else f'[?(@.{fk}=="{fv}")]' for k, fk, fv in steps)
+    assert rebuilt == path, f"a JSONPath this evaluator does not know: {path}"
+    values: list[Any] = [obj]
+    for key, filter_key, filter_value in steps:
+        following: list[Any] = []
+        for value in values:
+            if key and isinstance(value, dict) and value.get(key) is not None:
+                following.append(value[key])
+            elif filter_key and isinstance(value, list):
+                following += [v for v in value if isinstance(v, dict) and v.get(filter_key) == filter_value]
+        values = following
+    return str(values[0]) if values else ""
 
+
+def table(output: str) -> list[dict[str, str]]:
+    """kubectl's table: each cell under its column's heading (an empty cell is blank)."""
+    header, *lines = output.rstrip().splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    return [
+        {
+            name: line[start : (starts[i + 1] if i + 1 < len(starts) else None)].strip()
+            for i, (name, start) in enumerate(zip(names, starts, strict=True))
+        }
+        for line in lines
+    ]
+
+
+def test_readme_shows_apply_and_get_with_the_printer_columns() -> None:
     readme = (CHART / "README.md").read_text()
     for example in ("minimal.yaml", "production.yaml"):
         assert f"kubectl apply -f operator/examples/{example}" in readme
-    # the `kubectl get whatsappbots` samples: NAME, then the columns kubectl shows (all with -o wide)
     columns = version()["additionalPrinterColumns"]
     blocks = re.findall(r"```\n\$ (kubectl get whatsappbots[^\n]*)\n(.*?)```", readme, re.DOTALL)
-    assert blocks, "README: a ```-block starting `$ kubectl get whatsappbots` and its output"
-    versions = {load(e)["metadata"]["name"]: load(e)["spec"]["version"] for e in examples(EXAMPLES)}
+    assert len(blocks) >= 2, "README: ```-blocks starting `$ kubectl get whatsappbots` and their output"
+    bots = {load(e)["metadata"]["name"]: load(e) for e in examples(EXAMPLES)}
+    # every row kubectl could print for each example bot: its statuses through the machine's stories
+    printable: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+    for name, example in bots.items():
+        printable[name] = set()
+        for version_, status in machine_statuses(example, STORIES):
+            obj = {**example, "spec": {**example["spec"], "version": version_}, "status": status}
+            cells = ((c["name"].upper(), printer_column(obj, c["jsonPath"])) for c in columns)
+            printable[name].add(tuple((k, v) for k, v in cells if k != "AGE"))
     for command, output in blocks:
         wide = "-o wide" in command
-        header = ["NAME"] + [c["name"].upper() for c in columns if wide or not c.get("priority")]
-        lines = output.strip().splitlines()
-        assert lines[0].split() == header, command
-        for line in lines[1:]:
-            cells = line.split()
-            assert cells[0] in versions, line  # the examples' bots
-            assert cells[header.index("ACTIVE")] in {"blue", "green"}, line
-            assert cells[header.index("READY")] in {"True", "False", "Unknown"}, line
-            assert cells[header.index("PHASE")] in {phase.value for phase in Phase}, line
-            if not wide:
-                assert cells[header.index("VERSION")] == versions[cells[0]], line
+        shown = [c for c in columns if wide or not c.get("priority")]
+        rows = table(output)
+        assert list(rows[0]) == ["NAME"] + [c["name"].upper() for c in shown], command
+        for row in rows:
+            assert row["NAME"] in bots, row  # the examples' bots
+            assert re.fullmatch(r"\d+[smhd]", row["AGE"]), row
+            cells = tuple((k, v) for k, v in row.items() if k not in ("NAME", "AGE"))
+            possible = {tuple(c for c in r if c[0] in row) for r in printable[row["NAME"]]}
+            assert cells in possible, f"{command}: no status of the operator prints {row}"
 
 
 def test_readme_values_table_names_every_value() -> None:
