@@ -307,6 +307,21 @@ async def test_create_update_rollout_and_delete(cluster: tuple[Cluster, Preview]
     )
     assert values["botConfig"]["existingConfigMap"] == "acme-bot"
     assert world.selector("acme-active") == world.selector("acme-preview") == "blue"
+    # The operator's own objects belong to the bot: Kubernetes' garbage collector removes them with it.
+    owner = {
+        "apiVersion": "whatsappcoder.dev/v1alpha1",
+        "kind": "WhatsAppBot",
+        "name": "acme",
+        "uid": "uid-acme",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    for resource, name in (
+        ("v1/configmaps", "acme-bot"),
+        ("v1/services", "acme-active"),
+        ("v1/services", "acme-preview"),
+    ):
+        assert (world.get(resource, name) or {})["metadata"].get("ownerReferences") == [owner], name
     config = world.get("v1/configmaps", "acme-bot")
     assert config is not None and yaml.safe_load(config["data"]["bot.yaml"])["allowedPhoneNumbers"] == [
         "+15551234567"

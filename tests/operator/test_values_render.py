@@ -2,7 +2,9 @@
 with the real chart by the real `helm template` as `helm upgrade --install <bot>-<colour>` would
 install them: the chart's schema accepts them, every name carries the colour, the routing
 Services and the ConfigMap are left to the operator, images carry spec.version, replicas and
-secrets come from the spec, and a model or sender change reaches the pods' environment.
+secrets come from the spec, and a model or sender change reaches the pods' environment; the
+operator's routing Services select exactly the webhook pods of their colour as the chart
+labels them, on a port those pods name.
 
 helm: HELM_BIN, else `make tools`' npm install, else PATH; skipped without one."""
 
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from wacoder_operator.helm import write_values
+from wacoder_operator.kube import BotRef, routing_service
 from wacoder_operator.rollout import Colour
 from wacoder_operator.values import config_map_name, helm_values, release_name
 
@@ -176,3 +179,25 @@ def test_what_the_operator_installs_is_valid_kubernetes(tmp_path: Path) -> None:
     problems = [line for line in lines if not line.startswith("INFO")]
     assert result.returncode == 0 and not problems, "\n".join(problems) or result.stderr
     assert sum(" passed for resource " in line for line in lines) == len(builtin) * len(versions)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+@pytest.mark.parametrize("role", ["active", "preview"])
+def test_the_routing_services_select_the_webhook_pods_of_their_colour(role: str, tmp_path: Path) -> None:
+    pods = {
+        (colour, component): deployment["spec"]["template"]
+        for colour in Colour
+        for component, deployment in deployments(render("acme", SPEC, colour, tmp_path)).items()
+    }
+    for colour in Colour:
+        service = routing_service(BotRef(NAMESPACE, "acme", "uid-acme"), role, colour)
+        selector = service["spec"]["selector"]
+        chosen = {key for key, pod in pods.items() if selects(selector, pod["metadata"]["labels"])}
+        assert chosen == {(colour, "webhook")}, (role, colour, selector)
+        (container,) = pods[(colour, "webhook")]["spec"]["containers"]
+        named = {port["name"]: port["containerPort"] for port in container["ports"]}
+        (port,) = service["spec"]["ports"]
+        assert port["targetPort"] in named, (port, named)
