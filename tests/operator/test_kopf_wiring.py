@@ -6,7 +6,12 @@ it was given (the operator cannot tell); while the file HELM_FAIL names exists, 
 does, that file's text on stderr. The test plays the cluster's controllers: when a colour
 is installed it creates that release's Deployments, available at the installed version. The
 preview's checks are served by a local HTTP server (WACODER_PREVIEW_URL) that verifies the
-operator's Twilio signature with twilio's own RequestValidator, as the webhook does."""
+operator's Twilio signature with twilio's own RequestValidator, as the webhook does.
+
+RBAC against reality: every request kopf and the operator make to kmock (its request log; ours
+carry the kubeconfig's token, the test's own do not) is checked, as each test ends, against the
+operator chart's rendered ClusterRole; the last test checks that every rule it grants was used
+by some request of these tests, or is in `NOT_REQUESTED_HERE` with the reason."""
 
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ import asyncio
 import base64
 import json
 import os
+import re
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +35,22 @@ from aiohttp.test_utils import TestServer
 from kopf.testing import KopfRunner
 from twilio.request_validator import RequestValidator
 
+from tests.operator.test_crd_and_chart import (
+    APP_CHART,
+    HELM,
+    HELM_VERBS,
+    RESOURCES,
+    granted,
+    of_kind,
+    render,
+)
+
 os.environ.setdefault("WACODER_OPERATOR_INTERVAL", "0.3")  # read when kopf imports the handlers
 
 NS = "bots"
 BOTS = "whatsappcoder.dev/v1alpha1/whatsappbots"
 TOKEN = "test-auth-token"
+API_TOKEN = "operator-token"  # the kubeconfig's: what tells the operator's requests from the test's
 PUBLIC = "https://wa.acme.example.org"
 COMPONENTS = ("webhook", "agent", "mcp-bridge", "notifier")
 
@@ -49,6 +67,93 @@ if failed:
     sys.exit(1)
 """
 HELM_STUCK = "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress\n"
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request to the API server, as RBAC sees it."""
+
+    verb: str
+    group: str
+    resource: str  # "whatsappbots/status" for a subresource; a path for a non-resource URL
+    namespace: str | None
+
+    @property
+    def rule(self) -> tuple[str, str, str]:
+        return (self.group, self.resource, self.verb)
+
+
+def api_calls(api: kmock.KubernetesEmulator) -> set[ApiCall]:
+    """What kopf and the operator asked kmock for (they present the kubeconfig's token)."""
+    calls = set()
+    for request in list(api):
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        if headers.get("authorization") != f"Bearer {API_TOKEN}":
+            continue  # the test's own requests
+        method = request.method.value
+        resource = request.resource
+        if resource is None or not resource.plural:
+            calls.add(ApiCall(method.lower(), "", request.url.path, None))
+            continue
+        if method == "GET":
+            watching = str(request.params.get("watch", "")).lower() in ("true", "1")
+            verb = "watch" if watching else "get" if request.name else "list"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+            if verb == "delete" and not request.name:
+                verb = "deletecollection"
+        plural = resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        calls.add(ApiCall(verb, resource.group or "", plural, request.namespace))
+    return calls
+
+
+# Discovery: granted to every authenticated user by the cluster's system:discovery ClusterRole.
+DISCOVERY = re.compile(r"/version|/api|/apis(/[^/]+){0,2}|/api/v1")
+
+
+def refused(calls: Iterable[ApiCall], grants: set[tuple[str, str, str]]) -> list[ApiCall]:
+    return sorted(
+        (
+            c
+            for c in calls
+            if not (c.verb == "get" and DISCOVERY.fullmatch(c.resource)) and c.rule not in grants
+        ),
+        key=str,
+    )
+
+
+def operator_grants(*args: str) -> set[tuple[str, str, str]]:
+    """What the operator chart's (Cluster)Roles grant, rendered by the real helm (all of its roles:
+    the ClusterRole covers every namespace, the Roles the namespaces listed)."""
+    objects = render(*args)
+    return set().union(
+        *(granted(role) for role in of_kind(objects, "ClusterRole") + of_kind(objects, "Role"))
+    )
+
+
+def helm_rules() -> dict[tuple[str, str, str], str]:
+    kinds = {o["kind"] for o in render(chart=APP_CHART, release="acme-blue", namespace=NS)}
+    kinds |= {
+        o["kind"] for o in render("-f", str(APP_CHART / "ci" / "production-values.yaml"), chart=APP_CHART)
+    }
+    reason = "helm upgrade --install / uninstall of the app chart's kinds (the stand-in helm calls no API)"
+    return {(*RESOURCES[kind], verb): reason for kind in kinds for verb in HELM_VERBS}
+
+
+# Granted but never requested in these tests, and why.
+NOT_REQUESTED_HERE: dict[tuple[str, str, str], str] = {
+    ("whatsappcoder.dev", "whatsappbots/finalizers", "update"): (
+        "no request: OwnerReferencesPermissionEnforcement checks it when the ConfigMap and Services"
+        " are written with blockOwnerDeletion ownerReferences to the bot"
+    ),
+    **{
+        ("", "secrets", verb): "helm's release records (helm stores each release revision in a Secret)"
+        for verb in ("list", "create", "update", "delete")
+    },
+}
+USED: set[ApiCall] = set()  # by every wiring test so far
+FINISHED: set[str] = set()  # the tests whose requests are in USED
+needs_helm = pytest.mark.skipif(HELM is None, reason="no helm binary to render the operator chart's RBAC")
 
 
 def bot(version: str = "1.0", **spec: Any) -> dict[str, Any]:
@@ -217,7 +322,10 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(
-    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kmock: kmock.KubernetesEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[Cluster, Preview]]:
     kmock.resources.load_bundled()
     kmock.resources[BOTS] = kmock.ResourceInfo(
@@ -240,7 +348,7 @@ async def cluster(
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-                "users": [{"name": "test", "user": {"token": "test"}}],
+                "users": [{"name": "test", "user": {"token": API_TOKEN}}],
                 "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
                 "current-context": "kmock",
             }
@@ -275,6 +383,11 @@ async def cluster(
     finally:
         await world.stop_operator()
         await server.close()
+    calls = api_calls(kmock)
+    if HELM is not None:
+        assert not refused(calls, operator_grants()), "the operator chart's RBAC refuses these"
+    USED.update(calls)
+    FINISHED.add(request.node.name)
 
 
 async def healthy_on_blue(world: Cluster, preview: Preview) -> None:
@@ -499,3 +612,25 @@ async def test_ready_follows_the_active_colours_deployments_after_promotion(
     await world.until("Ready is True again", lambda: world.condition("Ready")["status"] == "True")
     assert world.condition("Ready")["reason"] == "Serving" and len(world.helm_calls()) == calls
     assert ("Normal", "ActiveAvailable") in [(t, r) for t, r, _ in world.events()]
+
+
+@needs_helm
+def test_every_rule_the_operator_chart_grants_is_requested_or_documented() -> None:
+    """Runs last: the requests of every test above, against the rendered ClusterRole."""
+    others = {name for name in globals() if name.startswith("test_") and name != this_test()}
+    if not others <= FINISHED:
+        pytest.skip(f"needs the requests of every wiring test; not run here: {sorted(others - FINISHED)}")
+    grants = operator_grants()
+    documented = {**helm_rules(), **NOT_REQUESTED_HERE}
+    assert set(documented) <= grants, f"documented but not granted: {set(documented) - grants}"
+    used = {call.rule for call in USED}
+    unused = grants - used - set(documented)
+    assert not unused, f"granted, never requested, no reason given: {sorted(unused)}"
+    # the operator's own calls are among them (not only kopf's)
+    assert ApiCall("patch", "whatsappcoder.dev", "whatsappbots/status", NS) in USED
+    assert ApiCall("patch", "apps", "deployments", NS) in USED
+    assert ApiCall("get", "", "secrets", NS) in USED
+
+
+def this_test() -> str:
+    return "test_every_rule_the_operator_chart_grants_is_requested_or_documented"
