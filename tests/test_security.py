@@ -4,6 +4,7 @@ service calls that need the token. Real processes, a Redis of the module's own."
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -14,11 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import redis
 import yaml
 from devtools.stack import SERVICES, Stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from wacoder import keys
 from wacoder.v1 import agent_pb2, agent_pb2_grpc, bridge_pb2, bridge_pb2_grpc, notifier_pb2, notifier_pb2_grpc
 
 from tests.harness import (
@@ -37,6 +41,8 @@ from tests.harness import (
 
 ALICE, BOB, CAROL = "+15557770001", "+15557770002", "+15557770003"
 STRANGER = "+15557779999"
+# The whitelist between tests: Bob written as a person would type him (E.164 normalisation).
+WHITELIST = [ALICE, "whatsapp:+1 (555) 777-0002", CAROL]
 
 
 class ConfigMap:
@@ -76,13 +82,14 @@ def module_redis(own_redis: RedisServer) -> RedisServer:
 @pytest.fixture(scope="module")
 def config_map(tmp_path_factory: pytest.TempPathFactory) -> ConfigMap:
     config = ConfigMap(tmp_path_factory.mktemp("configmap"))
-    config.write(bot_config([ALICE, "whatsapp:+1 (555) 777-0002"]))  # Bob, as a person would type it
+    config.write(bot_config(WHITELIST))
     return config
 
 
 @pytest.fixture(scope="module")
 def stack_overrides(config_map: ConfigMap) -> dict[str, str]:
-    return {"BOT_CONFIG_FILE": str(config_map.path), "ALLOWED_PHONE_NUMBERS": ""}
+    # Production said explicitly (it is the default too): its secrets are all given by stack_env.
+    return {"BOT_CONFIG_FILE": str(config_map.path), "ALLOWED_PHONE_NUMBERS": "", "WACODER_ENV": "production"}
 
 
 @pytest.fixture
@@ -97,6 +104,69 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> float:
         assert time.monotonic() - started < timeout_s, "not within the time allowed"
         time.sleep(0.1)
     return time.monotonic() - started
+
+
+_sids = itertools.count(1)
+
+
+def message_sid(tag: str) -> str:
+    return f"SM{tag}{next(_sids):06d}".ljust(34, "0")
+
+
+def admitted(env: dict[str, str], r: redis.Redis, phone: str, body: str = "/agents") -> bool:
+    """Sends one signed message from `phone`; whether the webhook stored it for the agent."""
+    sid = message_sid("adm")
+    answer = post_signed(env, "/webhook/whatsapp", inbound(phone, body, sid))
+    assert answer.status_code == 200
+    return accepted_by_webhook(r, env, phone, sid)
+
+
+_probes = itertools.count(1)
+
+
+def apply(
+    config_map: ConfigMap, env: dict[str, str], r: redis.Redis, allowed: list[str], **limits: int
+) -> None:
+    """Writes a bot config, and waits until the webhook runs with it: the config whitelists a
+    number of its own, which the webhook admits once it has read the file."""
+    probe = f"+1555778{next(_probes):04d}"
+    config_map.write(bot_config([*allowed, probe], **limits))
+    wait_until(lambda: admitted(env, r, probe), timeout_s=10)
+
+
+def webhook_counts(env: dict[str, str]) -> dict[tuple[str, str], float]:
+    """The webhook's message outcomes and refusal notices, from its /metrics."""
+    exposition = httpx.get(env["PUBLIC_BASE_URL"] + "/metrics", timeout=5).text
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "wacoder_webhook_messages_total":
+                counts[("messages", sample.labels["outcome"])] = sample.value
+            elif sample.name == "wacoder_webhook_refusal_notices_total":
+                counts[("notices", sample.labels["reason"])] = sample.value
+    return counts
+
+
+class NotifierClient:
+    """The notifier's Send, as the agent calls it: whether it took a message for `to`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.channel = service_channel(env["NOTIFIER_ADDR"], env)
+        self.stub = notifier_pb2_grpc.NotifierServiceStub(self.channel)
+
+    def may_write(self, to: str, body: str = "hello") -> bool:
+        try:
+            self.stub.Send(
+                notifier_pb2.SendRequest(to=f"whatsapp:{to}", body=body, idempotency_key=message_sid("ntf")),
+                timeout=5,
+            )
+        except grpc.RpcError as error:
+            assert error.code() is grpc.StatusCode.PERMISSION_DENIED, error
+            return False
+        return True
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 # --- Fail closed ----------------------------------------------------------------------------
@@ -237,8 +307,8 @@ def burst(env: dict[str, str], phone: str, count: int, tag: str) -> list[str]:
 def test_a_burst_is_limited_exactly_and_told_once_and_strangers_once(
     stack: Stack, env: dict[str, str], config_map: ConfigMap, r: redis.Redis
 ) -> None:
-    config_map.write(bot_config([ALICE, BOB, CAROL], per_phone=5))
-    time.sleep(2.5)  # two reload intervals
+    apply(config_map, env, r, WHITELIST, per_phone=5)
+    before = webhook_counts(env)
 
     answers = burst(env, CAROL, 50, "burst")
     inbox = [f["sid"] for _, f in inbox_entries(r) if f.get("sid", "").startswith("SMburst")]
@@ -250,51 +320,105 @@ def test_a_burst_is_limited_exactly_and_told_once_and_strangers_once(
     stranger = burst(env, STRANGER, 20, "stranger")
     told = [a for a in stranger if "<Message>" in a]
     assert len(told) == 1
+    assert "not authorized" in told[0]
     assert not any(f.get("sid", "").startswith("SMstranger") for _, f in inbox_entries(r))
-    config_map.write(bot_config([ALICE, BOB, CAROL]))
+
+    # An operator sees the same on the webhook's /metrics: every refusal, and the one notice each.
+    after = webhook_counts(env)
+    delta = {key: after[key] - before.get(key, 0) for key in after}
+    assert delta[("messages", "accepted")] == 5
+    assert delta[("messages", "rate_limited")] == 45
+    assert delta[("notices", "rate_limited")] == 1
+    assert delta[("messages", "unauthorized")] == 20
+    assert delta[("notices", "unauthorized")] == 1
+    config_map.write(bot_config(WHITELIST))
 
 
 # --- Config that reloads ----------------------------------------------------------------------
 
 
-def test_editing_the_bot_config_applies_without_a_restart(
-    stack: Stack, env: dict[str, str], config_map: ConfigMap, r: redis.Redis
+def test_the_agent_applies_a_whitelist_edit_to_share(
+    stack: Stack, env: dict[str, str], config_map: ConfigMap, twilio_sim: TwilioSim
 ) -> None:
-    newcomer = "+15557770042"
-    refused = post_signed(env, "/webhook/whatsapp", inbound(newcomer, "/help", "SMreload0".ljust(34, "0")))
-    assert "not authorized" in refused.text
-    with service_channel(env["NOTIFIER_ADDR"], env) as channel:
-        notifier = notifier_pb2_grpc.NotifierServiceStub(channel)
+    member = "+15557770044"
+    alice = Conversation(env, twilio_sim, ALICE)
+    alice.ask("/new reload-share")
+    assert "may not use this bot" in alice.ask(f"/share reload-share {member}")
+    # /share reads the whitelist the agent holds: the edited one, the number as a person types it.
+    config_map.write(bot_config([*WHITELIST, "whatsapp:+1 555-777-0044"]))
+    edited = time.monotonic()
+    while "👥 Shared *reload-share*" not in (reply := alice.ask(f"/share reload-share {member}")):
+        assert "may not use this bot" in reply, reply
+        assert time.monotonic() - edited < 15, "the agent did not apply the edit"
+        time.sleep(0.2)
+    config_map.write(bot_config(WHITELIST))
 
-        def notifier_may_write(key: str) -> bool:
-            try:
-                notifier.Send(
-                    notifier_pb2.SendRequest(to=f"whatsapp:{newcomer}", body="welcome", idempotency_key=key),
-                    timeout=5,
-                )
-            except grpc.RpcError as error:
-                assert error.code() is grpc.StatusCode.PERMISSION_DENIED
-                return False
-            return True
 
-        assert not notifier_may_write("reload-before")
-        config_map.write(bot_config([ALICE, BOB, CAROL, newcomer], per_phone=2))
-        attempts = iter(range(1000))
-        wait_until(lambda: notifier_may_write(f"reload-after-{next(attempts)}"), timeout_s=5)
+def test_editing_the_bot_config_applies_within_5_s_in_webhook_and_notifier(
+    stack: Stack, env: dict[str, str], config_map: ConfigMap, r: redis.Redis, twilio_sim: TwilioSim
+) -> None:
+    # Two newcomers: one writes to the webhook, the other only ever receives, so the notifier's
+    # verdict is the whitelist's and never the 24-hour window the first one's messages open.
+    writer, recipient = "+15557770042", "+15557770043"
+    assert (
+        "not authorized"
+        in post_signed(env, "/webhook/whatsapp", inbound(writer, "/help", message_sid("rld"))).text
+    )
+    notifier = NotifierClient(env)
+    try:
+        assert not notifier.may_write(recipient)
+        # Both as people type them; the per-phone limit lowered from 1000 to 2 in the same edit.
+        config_map.write(
+            bot_config([*WHITELIST, "whatsapp:+1 555-777 0042", "+1 (555) 777-0043"], per_phone=2)
+        )
+        edited = time.monotonic()  # one clock for both services, from the swap
+        took: dict[str, float] = {}
+        admissions: list[bool] = []
+        while len(took) < 3:
+            elapsed = time.monotonic() - edited
+            assert elapsed < 5, f"not applied within 5 s of the edit: {took}"
+            if "notifier" not in took and notifier.may_write(recipient, "welcome"):
+                took["notifier"] = time.monotonic() - edited
+            if "limit" not in took:
+                sid = message_sid("rld")
+                answer = post_signed(env, "/webhook/whatsapp", inbound(writer, "/agents", sid))
+                if accepted_by_webhook(r, env, writer, sid):
+                    took.setdefault("whitelist", time.monotonic() - edited)
+                    admissions.append(True)
+                elif "Too many requests" in answer.text:
+                    took["limit"] = time.monotonic() - edited
+                    admissions.append(False)
+                else:
+                    assert "whitelist" not in took, answer.text  # a stranger still: quietly refused
+            time.sleep(0.05)
+    finally:
+        notifier.close()
+    # Admitted twice (the new limit, not the old 1000), then told once that it is too many.
+    assert admissions == [True, True, False], admissions
+    assert twilio_sim.wait_for(f"whatsapp:{recipient}")[-1]["body"] == "welcome"
+    # The number written with a prefix, parentheses and spaces (Bob's, in WHITELIST) is admitted.
+    assert admitted(env, r, BOB)
+    config_map.write(bot_config(WHITELIST))
 
-    def accepted(i: int) -> bool:
-        """Stored for the agent (a refusal told once answers an empty TwiML as well)."""
-        sid = f"SMreload{i:03d}".ljust(34, "0")
-        answer = post_signed(env, "/webhook/whatsapp", inbound(newcomer, f"/agents {i}", sid))
-        assert answer.status_code == 200
-        return accepted_by_webhook(r, env, newcomer, sid)
 
-    counter = iter(range(1, 1000))
-    wait_until(lambda: accepted(next(counter)), timeout_s=5)
-    # The lowered limit (2 a minute) holds as well: the next two are refused at most.
-    results = [accepted(next(counter)) for _ in range(3)]
-    assert results.count(True) <= 1
-    config_map.write(bot_config([ALICE, BOB, CAROL]))
+def test_the_notifier_writes_off_the_whitelist_only_to_who_wrote_within_24_hours(
+    stack: Stack, env: dict[str, str], config_map: ConfigMap, r: redis.Redis, twilio_sim: TwilioSim
+) -> None:
+    wrote, silent = "+15557770051", "+15557770052"
+    apply(config_map, env, r, [*WHITELIST, wrote, silent])
+    assert admitted(env, r, wrote, "/help")  # opens its 24-hour window
+    twilio_sim.wait_for(f"whatsapp:{wrote}")
+    # Both taken off the whitelist.
+    config_map.write(bot_config(WHITELIST))
+    notifier = NotifierClient(env)
+    try:
+        # Refused (PERMISSION_DENIED) once the notifier has read the edit ...
+        wait_until(lambda: not notifier.may_write(silent), timeout_s=5)
+        # ... while the number that wrote within 24 hours is still written to.
+        assert notifier.may_write(wrote, "you wrote today")
+    finally:
+        notifier.close()
+    assert twilio_sim.wait_for(f"whatsapp:{wrote}", 2)[-1]["body"] == "you wrote today"
 
 
 # --- Nothing private in Redis or in production logs -------------------------------------------
@@ -325,34 +449,62 @@ def dump(r: redis.Redis) -> str:
     return "\n".join(lines)
 
 
+# Keys meant to live until their work is done, or for ever (wacoder.keys, docs/architecture.md):
+# the inbox and outbox streams and dead letters (trimmed, never expired), and the notifier's
+# running total of sends outside the 24-hour window. Every other key has a TTL.
+FOREVER = re.compile(
+    r"^(stream:(inbox|outbox|outbox:dead):\{s\d+\}|metrics:notifier:outside_window_total:\{s\d+\})$"
+)
+
+
 def test_redis_and_production_logs_hold_no_number_and_no_message_text(
-    stack: Stack, env: dict[str, str], twilio_sim: TwilioSim, r: redis.Redis
+    stack: Stack, env: dict[str, str], twilio_sim: TwilioSim, config_map: ConfigMap, r: redis.Redis
 ) -> None:
+    dave = "+15557770061"
     alice = Conversation(env, twilio_sim, ALICE)
     alice.ask("/new zebra-garden : my secret orchid plans")
     started = alice.ask("/run build a REST API for orchid watering")
-    session_id = re.search(r"`(sess_[0-9a-f]+)`", started).group(1)
-    alice.wait_progress(rf"Session `{session_id}`", timeout_s=90)
+    found = re.search(r"`(sess_[0-9a-f]+)`", started)
+    assert found, started
+    session_id = found.group(1)
+    # The whole session: its progress and its final summary (the zip and file links).
+    summary = alice.wait_progress(
+        rf"Session `{session_id}` in \*zebra-garden\*: \*(succeeded|failed)\*", timeout_s=180
+    )
+    assert "/f/" in summary
     alice.ask("please tell me about the purple walrus")
     alice.ask("/list")
-    post_signed(
-        env, "/webhook/whatsapp", inbound(STRANGER, "let me in, walrus", "SMstrangerdump".ljust(34, "0"))
-    )
+    post_signed(env, "/webhook/whatsapp", inbound(STRANGER, "let me in, walrus", message_sid("dump")))
+    # A rate-limit refusal: Dave may write twice a minute; the third is refused, and he is told.
+    apply(config_map, env, r, [*WHITELIST, dave], per_phone=2)
+    answers = [
+        post_signed(env, "/webhook/whatsapp", inbound(dave, f"walrus number {i}", message_sid("dump"))).text
+        for i in range(3)
+    ]
+    assert "Too many requests" in answers[-1]
+    twilio_sim.wait_for(f"whatsapp:{dave}", 2)  # his two accepted messages answered
+    config_map.write(bot_config(WHITELIST))
 
     private = [
-        ALICE,
-        ALICE.removeprefix("+"),
-        ALICE.removeprefix("+1"),
-        STRANGER.removeprefix("+"),
-        "zebra-garden",
-        "orchid",
-        "walrus",
+        number
+        for phone in (ALICE, STRANGER, dave)
+        for number in (phone, phone.removeprefix("+"), phone.removeprefix("+1"))
     ]
+    private += ["zebra-garden", "orchid", "walrus"]
     everything = dump(r)
     assert everything  # there is state to look at
     for secret in private:
         assert secret not in everything, f"{secret!r} is in Redis in clear"
     for name, process in stack.processes.items():
         log = process.log_path.read_text() if process.log_path else ""
+        assert log  # a production process that said nothing would prove nothing
         for secret in private:
             assert secret not in log, f"{secret!r} leaked into the {name} log"
+
+    # Nothing lives for ever that is not meant to: the seed's indexes included (30 days).
+    forever = sorted(key for key in r.scan_iter(count=1000) if r.ttl(key) == -1 and not FOREVER.match(key))
+    assert forever == [], f"keys without a TTL: {forever}"
+    indexes = [*r.scan_iter("project:*:users"), *r.scan_iter("user:*:projects")]
+    assert indexes
+    for key in indexes:
+        assert 0 < r.ttl(key) <= keys.INDEX_TTL_S, key
