@@ -582,6 +582,95 @@ def test_host_listener() -> None:
     assert log.count("generated tests run in a bubblewrap jail") == 1
 
 
+GIGABYTE = """from pathlib import Path
+
+MB = b"x" * (1 << 20)
+
+
+def write_a_gigabyte(path: str) -> None:
+    with open(path, "wb") as fh:
+        for _ in range(1024):
+            fh.write(MB)
+
+
+def test_in_the_project() -> None:
+    write_a_gigabyte("big.bin")
+
+
+def test_in_tmp() -> None:
+    write_a_gigabyte("/tmp/big.bin")
+
+
+def test_many_files_up_to_a_gigabyte() -> None:
+    for n in range(1024 // 16):
+        with open(f"/tmp/part{n}.bin", "wb") as fh:
+            for _ in range(16):
+                fh.write(MB)
+"""
+
+
+def disk_usage(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@needs_bwrap
+@pytest.mark.timeout(240)
+async def test_sessions_that_fork_without_bound_or_write_a_gigabyte_fail_honestly(
+    fake_llm: FakeLLM, jailed_autocoder: AutoCoderServer
+) -> None:
+    """Through a real AutoCoder with its default limits (128 processes, 64 MB files, 256 MB
+    of tmpfs): each session is contained and reported failed, and AutoCoder serves on."""
+    # Counting the jail's processes by its uid needs root (as test_a_fork_bomb_is_bounded_and_stopped).
+    counting = os.geteuid() == 0
+    before = set(jailed_processes()) if counting else set()
+    peak: dict[str, int] = {}
+    done = False
+
+    def watch() -> None:
+        while counting and not done:
+            for namespace, count in jailed_processes().items():
+                if namespace not in before:
+                    peak[namespace] = max(peak.get(namespace, 0), count)
+            time.sleep(0.1)
+
+    watcher = asyncio.create_task(asyncio.to_thread(watch))
+    try:
+        details = await llm_session(fake_llm, jailed_autocoder, "forks", FORK_BOMB)
+    finally:
+        done = True
+        await watcher
+    assert details["status"] == "failed" and details["agents"]["tester"] == "failed", details
+    results = details["test_results"]
+    assert (results["passed"], results["failed"], results["errors"]) == (0, 0, 1), results
+    stopped = "tests exceeded the time limit (6 s); everything they started was killed"
+    assert stopped in results["output_tail"]
+    assert f"tests did not pass ({stopped})" in details["summary"]
+    if counting:
+        bomb = max(peak, key=lambda ns: peak[ns])  # other jails may run at once: ours is the biggest
+        assert 10 < peak[bomb] <= 128, peak  # it went off, and no further than the limit
+        assert bomb not in jailed_processes()  # nothing of it is left
+
+    used = disk_usage(jailed_autocoder.data_dir)
+    details = await llm_session(fake_llm, jailed_autocoder, "gigabyte", GIGABYTE)
+    assert details["status"] == "failed" and details["agents"]["tester"] == "failed", details
+    results = details["test_results"]
+    assert (results["passed"], results["failed"], results["errors"]) == (0, 3, 0), results
+    assert "[Errno 27] File too large" in results["output_tail"]  # RLIMIT_FSIZE
+    assert "[Errno 28] No space left on device" in results["output_tail"]  # the jail's tmpfs
+    assert "tests did not pass (a test hit the file size limit (64 MB))" in details["summary"]
+    # Written into the jail's throwaway tmpfs, never into AutoCoder's data dir.
+    assert disk_usage(jailed_autocoder.data_dir) - used < 1 << 20
+    assert not list(jailed_autocoder.data_dir.rglob("big.bin"))
+
+    # AutoCoder keeps serving: a sound project's tests pass, in the jail.
+    details = await llm_session(fake_llm, jailed_autocoder, "sound-after", CALC_TESTS)
+    assert details["status"] == "succeeded", details
+    assert details["test_results"]["passed"] == 3
+    async with mcp_client(jailed_autocoder.mcp_url) as s:
+        health = await call(s, "check_system_health")
+        assert health["status"] == "ok" and health["sandbox"] == "bwrap"
+
+
 PRODUCTION = {"WACODER_ENV": "production", "PHONE_HASH_SALT": "salt-of-the-sandbox-tests"}
 
 
