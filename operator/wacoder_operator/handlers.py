@@ -259,9 +259,18 @@ def operator() -> Operator:
     return operator_
 
 
+def watch_namespaces() -> list[str]:
+    """WATCH_NAMESPACE: the namespaces served (comma-separated); empty: all of them."""
+    return [ns.strip() for ns in os.environ.get("WATCH_NAMESPACE", "").split(",") if ns.strip()]
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     _runtime.clear()
+    # Serving named namespaces, kopf need not list every Namespace or watch the CRDs to find
+    # them (cluster-wide reads the chart's per-namespace Roles do not grant): the WhatsAppBot
+    # resource is discovered once at startup (the chart installs the CRD before the operator).
+    settings.scanning.disabled = bool(watch_namespaces())
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's only failures
     # A deleted bot waits for a timer run in flight: let it finish, and look again soon after.

@@ -619,10 +619,9 @@ def test_every_variable_the_deployment_sets_is_read_by_the_operator() -> None:
 
 # RBAC: what the operator calls. (apiGroup, resource) -> verbs.
 HELM_VERBS = frozenset({"get", "list", "create", "update", "patch", "delete"})
-# kopf (1.45, standalone) watches CRDs to find WhatsAppBot; serving listed namespaces, it also
-# lists and watches the Namespaces (clusterwide it does not)
+# kopf (1.45, standalone) serving every namespace watches CRDs to find WhatsAppBot; serving listed
+# namespaces its cluster scanning is off (wacoder_operator.handlers.configure): nothing cluster-wide
 KOPF_CLUSTER = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
-KOPF_NAMESPACES = {("", "namespaces"): {"list", "watch"}}
 OPERATOR_NAMESPACED = {
     # kopf: list/watch/patch (finalizer, annotations); the operator: get, patch (annotations)
     ("whatsappcoder.dev", "whatsappbots"): {"get", "list", "watch", "patch"},
@@ -743,9 +742,8 @@ def test_rbac_without_service_monitors() -> None:
 @needs_helm
 def test_rbac_for_listed_namespaces_is_roles_there() -> None:
     objects = render(*NAMESPACED)
-    (cluster_role,) = of_kind(objects, "ClusterRole")
-    # cluster-wide only what kopf reads: the CRDs, and which of its namespaces exist
-    assert granted(cluster_role) == flatten(KOPF_CLUSTER) | flatten(KOPF_NAMESPACES)
+    # nothing cluster-wide: kopf's scanning of Namespaces and CRDs is off for listed namespaces
+    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
     roles = {r["metadata"]["namespace"]: r for r in of_kind(objects, "Role")}
     assert set(roles) == {"bots", "team-a"}
     for role in roles.values():

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from devtools.stack import free_port
 from kopf.testing import KopfRunner
 from twilio.request_validator import RequestValidator
 
@@ -111,21 +113,29 @@ def api_calls(api: kmock.KubernetesEmulator) -> set[ApiCall]:
 DISCOVERY = re.compile(r"/version|/api|/apis(/[^/]+){0,2}|/api/v1")
 
 
-def refused(calls: Iterable[ApiCall], grants: set[tuple[str, str, str]]) -> list[ApiCall]:
+Rules = set[tuple[str, str, str]]
+
+
+def refused(calls: Iterable[ApiCall], *chart_args: str) -> list[ApiCall]:
+    """The calls the operator chart's RBAC (rendered by the real helm with `chart_args`) would
+    refuse: a cluster-wide call needs the ClusterRole, one in a namespace it or that namespace's Role."""
+    objects = render(*chart_args)
+    cluster: Rules = set().union(*(granted(role) for role in of_kind(objects, "ClusterRole")))
+    roles = {role["metadata"]["namespace"]: granted(role) for role in of_kind(objects, "Role")}
     return sorted(
         (
-            c
-            for c in calls
-            if not (c.verb == "get" and DISCOVERY.fullmatch(c.resource)) and c.rule not in grants
+            call
+            for call in calls
+            if not (call.verb == "get" and DISCOVERY.fullmatch(call.resource))
+            and call.rule not in cluster | (roles.get(call.namespace, set()) if call.namespace else set())
         ),
         key=str,
     )
 
 
-def operator_grants(*args: str) -> set[tuple[str, str, str]]:
-    """What the operator chart's (Cluster)Roles grant, rendered by the real helm (all of its roles:
-    the ClusterRole covers every namespace, the Roles the namespaces listed)."""
-    objects = render(*args)
+def operator_grants(*chart_args: str) -> Rules:
+    """Every rule the operator chart's (Cluster)Roles grant, wherever."""
+    objects = render(*chart_args)
     return set().union(
         *(granted(role) for role in of_kind(objects, "ClusterRole") + of_kind(objects, "Role"))
     )
@@ -321,12 +331,11 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(
-    kmock: kmock.KubernetesEmulator,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    request: pytest.FixtureRequest,
+async def emulated(
+    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Cluster, Preview]]:
+    """kmock with the bots' API, the helm stand-in first on PATH, the preview, the bot's Secret,
+    and the environment an operator started now would read: no operator yet."""
     kmock.resources.load_bundled()
     kmock.resources[BOTS] = kmock.ResourceInfo(
         namespaced=True,
@@ -377,15 +386,26 @@ async def cluster(
         "data": {"twilio-auth-token": base64.b64encode(TOKEN.encode()).decode()},
     }
     await world.call("POST", f"/api/v1/namespaces/{NS}/secrets", secret)
+    try:
+        yield world, preview
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def cluster(
+    emulated: tuple[Cluster, Preview], kmock: kmock.KubernetesEmulator, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Cluster, Preview]]:
+    """The above with the operator running in-process (KopfRunner: --standalone -A)."""
+    world, preview = emulated
     world.start_operator()
     try:
         yield world, preview
     finally:
         await world.stop_operator()
-        await server.close()
     calls = api_calls(kmock)
     if HELM is not None:
-        assert not refused(calls, operator_grants()), "the operator chart's RBAC refuses these"
+        assert not refused(calls), "the operator chart's RBAC refuses these"
     USED.update(calls)
     FINISHED.add(request.node.name)
 
@@ -614,18 +634,78 @@ async def test_ready_follows_the_active_colours_deployments_after_promotion(
     assert ("Normal", "ActiveAvailable") in [(t, r) for t, r, _ in world.events()]
 
 
+WATCHING_BOTS = ("--set-json", f'watchNamespaces=["{NS}"]')  # the chart as WATCH_NAMESPACE runs it
+
+
+@pytest.mark.e2e
+async def test_python_m_wacoder_operator_serves_its_namespace_and_answers_its_liveness_probe(
+    emulated: tuple[Cluster, Preview],
+    kmock: kmock.KubernetesEmulator,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The operator as its chart runs it (main.py): a process of its own, WATCH_NAMESPACE and
+    LIVENESS_ENDPOINT from the environment; a bot in another namespace is not its business."""
+    world, _ = emulated
+    port = free_port()
+    elsewhere = bot()
+    elsewhere["metadata"] = {**elsewhere["metadata"], "namespace": "elsewhere", "uid": "uid-elsewhere"}
+    await world.call("POST", "/apis/whatsappcoder.dev/v1alpha1/namespaces/elsewhere/whatsappbots", elsewhere)
+    env = {
+        **os.environ,
+        "WATCH_NAMESPACE": NS,
+        "LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
+        "WACODER_OPERATOR_INTERVAL": "0.3",
+    }
+    log = tmp_path / "operator.log"
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wacoder_operator", env=env, stdout=output, stderr=output
+        )
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert process.returncode is None, log.read_text()[-3000:]
+                assert asyncio.get_running_loop().time() < deadline, log.read_text()[-3000:]
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        await world.apply_bot(bot())
+        await world.until("blue installed and promoted", lambda: world.status().get("phase") == "Healthy")
+        assert world.condition("Ready")["status"] == "True"
+        other = world.api.objects[(kmock.resource(BOTS), "elsewhere", "acme")].raw
+        assert "status" not in other and not other["metadata"].get("finalizers")  # never touched
+        assert [c["args"][2] for c in world.helm_calls() if c["args"][0] == "upgrade"] == ["acme-blue"]
+    finally:
+        process.terminate()
+        returncode = await asyncio.wait_for(process.wait(), 30)
+    assert returncode == 0, log.read_text()[-3000:]  # SIGTERM: kopf stops cleanly
+    calls = api_calls(kmock)
+    assert not {c for c in calls if c.namespace not in (None, NS)}, "it reached outside WATCH_NAMESPACE"
+    if HELM is not None:
+        assert not refused(calls, *WATCHING_BOTS), "the chart's RBAC for watchNamespaces refuses these"
+    USED.update(calls)
+    FINISHED.add(request.node.name)
+
+
 @needs_helm
 def test_every_rule_the_operator_chart_grants_is_requested_or_documented() -> None:
     """Runs last: the requests of every test above, against the rendered ClusterRole."""
     others = {name for name in globals() if name.startswith("test_") and name != this_test()}
     if not others <= FINISHED:
         pytest.skip(f"needs the requests of every wiring test; not run here: {sorted(others - FINISHED)}")
-    grants = operator_grants()
     documented = {**helm_rules(), **NOT_REQUESTED_HERE}
-    assert set(documented) <= grants, f"documented but not granted: {set(documented) - grants}"
     used = {call.rule for call in USED}
-    unused = grants - used - set(documented)
-    assert not unused, f"granted, never requested, no reason given: {sorted(unused)}"
+    for variant in ((), WATCHING_BOTS):  # all namespaces (a ClusterRole), WATCH_NAMESPACE (Roles)
+        grants = operator_grants(*variant)
+        assert set(documented) <= grants, f"documented but not granted: {set(documented) - grants}"
+        unused = grants - used - set(documented)
+        assert not unused, f"{variant}: granted, never requested, no reason given: {sorted(unused)}"
     # the operator's own calls are among them (not only kopf's)
     assert ApiCall("patch", "whatsappcoder.dev", "whatsappbots/status", NS) in USED
     assert ApiCall("patch", "apps", "deployments", NS) in USED

@@ -41,20 +41,16 @@ app.kubernetes.io/component: operator
 What the operator calls, and nothing else (tests/operator/test_crd_and_chart.py holds the same
 list and checks the rendered RBAC against it).
 
-Cluster-wide, for kopf itself: it lists and watches CustomResourceDefinitions to find its
-resource; serving listed namespaces (not all), it lists and watches the Namespaces to learn which
-exist (kopf 1.45 observation.namespace_observer; clusterwide it does not). kopf runs standalone
+Cluster-wide, for kopf itself and only when it serves every namespace: it lists and watches
+CustomResourceDefinitions to find its resource. Serving the listed watchNamespaces, the operator
+turns kopf's cluster scanning off (wacoder_operator.handlers.configure: it then lists no
+Namespaces and watches no CRDs), so a Role in each namespace is all it gets. kopf runs standalone
 (one pod, no peering objects).
 */}}
 {{- define "operator.clusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-{{- if .Values.watchNamespaces }}
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [list, watch]
-{{- end }}
 {{- end -}}
 
 {{/*
