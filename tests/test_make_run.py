@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
+from wacoder.v1 import bridge_pb2, bridge_pb2_grpc
 
-from tests.harness import MakeRun, make_run_env
+from tests.harness import MakeRun, make_run_env, service_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 # The services with a health port of their own (the webhook serves /livez, /readyz on its port).
@@ -24,9 +26,19 @@ HEALTH_PORTS = {
 }
 
 
+# The development secrets `make run` generates into .run/ (issue 9), and their files.
+GENERATED = {
+    "STATE_ENCRYPTION_KEY": "state.key",
+    "PHONE_HASH_SALT": "phone_hash.salt",
+    "SERVICE_TOKEN": "service.token",
+    "AUTOCODER_API_KEY": "autocoder.key",
+}
+
+
 @pytest.fixture
 def supervisor(tmp_path: Path) -> Iterator[tuple[MakeRun, dict[str, str]]]:
-    env = make_run_env()
+    # None of them from the developer's shell: make run is to generate each.
+    env = {k: v for k, v in make_run_env().items() if k not in GENERATED}
     sup = MakeRun(tmp_path, env)
     yield sup, env
     if sup.proc.poll() is None:
@@ -56,8 +68,22 @@ def test_make_run_supervises_the_platform(supervisor: tuple[MakeRun, dict[str, s
     assert page == f"http://127.0.0.1:{env['SIMULATOR_PORT']}"
     assert "WhatsApp" in httpx.get(page, timeout=5).text
     wait_healthy(env)
-    # Embedded defaults: a dev encryption key kept for the next run, logs in .run/logs.
-    assert (tmp_path / ".run" / "state.key").exists()
+    # Embedded defaults: every development secret generated into .run/ (owner-only, kept for the
+    # next run) and said so; logs in .run/logs.
+    said = sup.wait_line(r"development secrets generated into \.run/ \(kept across runs\): (.+)$").group(1)
+    assert sorted(said.split(", ")) == sorted(GENERATED)
+    for name in GENERATED.values():
+        secret = tmp_path / ".run" / name
+        assert secret.read_text().strip(), name
+        assert secret.stat().st_mode & 0o777 == 0o600, name
+    Fernet((tmp_path / ".run" / "state.key").read_text().strip())  # a real key
+    # The services run with them: a gRPC call carrying the generated token is served.
+    token = {"SERVICE_TOKEN": (tmp_path / ".run" / "service.token").read_text().strip()}
+    with service_channel(env["MCP_BRIDGE_ADDR"], token) as channel:
+        tools = bridge_pb2_grpc.McpBridgeServiceStub(channel).ListTools(
+            bridge_pb2.ListToolsRequest(), timeout=10
+        )
+        assert tools.tools
     assert {p.name for p in (tmp_path / ".run" / "logs").iterdir()} >= {"webhook.log", "agent.log"}
 
     agent = sup.pid("agent")
