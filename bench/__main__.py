@@ -1,11 +1,12 @@
 """`make bench` (`python -m bench`): the platform side by side with a minimal inline webhook.
 
-    python -m bench [--quick] [--concurrency C] [--messages N] [--senders S] [--json PATH] ...
+    python -m bench [--quick] [--no-scale-out] [--concurrency C] [--messages N] [--json PATH] ...
     python -m bench scale-out [--messages M] [--senders N] [--concurrency C] [--rounds R]
 
 The first prints the table of bench/run.py (every figure with its ratio to
-bench/reference_webhook.py) and writes it as JSON to .run/bench/latest.json (or --json PATH);
-the second is the scale-out line (1 vs 2 replicas on a Redis Cluster, bench/scale_out.py).
+bench/reference_webhook.py), the scale-out line among them (1 vs 2 replicas on a Redis Cluster,
+bench/scale_out.py, measured last; --no-scale-out skips it), and writes it as JSON to
+.run/bench/latest.json (or --json PATH); the second runs the scale-out line alone.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def parse(argv: list[str]) -> run.Options:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the webhook, agent and notifier during the ack burst"
     )
+    parser.add_argument(
+        "--no-scale-out",
+        action="store_true",
+        help="skip the scale-out line (REPLICAS=1 and 2 on a Redis Cluster: the longest part of the run)",
+    )
+    parser.add_argument(
+        "--scale-out-messages", type=int, help=f"of each scale-out run ({defaults.scale_out_messages})"
+    )
     parser.add_argument("--log-level", help="LOG_LEVEL of the services (default: theirs, as make run)")
     parser.add_argument("--json", type=Path, help="write the figures here (default: .run/bench/latest.json)")
     args = parser.parse_args(argv)
@@ -60,6 +69,8 @@ def parse(argv: list[str]) -> run.Options:
         "log_level": args.log_level,
         "json_path": args.json,
         "profile": args.profile or None,
+        "scale_out": False if args.no_scale_out else None,
+        "scale_out_messages": args.scale_out_messages,
     }
     chosen = {k: v for k, v in given.items() if v is not None}
     chosen["pool_env"] = tuple(args.pool_env)
@@ -68,6 +79,8 @@ def parse(argv: list[str]) -> run.Options:
         parser.error(
             "--concurrency and --senders at least 1, --messages at least 20, --e2e-messages at least 2"
         )
+    if options.scale_out_messages < options.scale_out_senders:
+        parser.error(f"--scale-out-messages at least {options.scale_out_senders} (one per sender)")
     return options
 
 

@@ -16,7 +16,10 @@ stand-in (devtools.twilio_sim) and every service started as `make run` starts th
 4. CPU ms per message of each process from /proc (children included), the Twilio stand-in and
    the load generator apart, and Redis commands per message (top commands);
 5. the same ack load against bench/reference_webhook.py (one uvicorn worker, inline TwiML) on the
-   same Redis, before the stack starts: every figure with its ratio to the reference.
+   same Redis, before the stack starts: every figure with its ratio to the reference;
+6. the scale-out line, once the rest is done and stopped (bench/scale_out.py): sustained end to
+   end with REPLICAS=1 and 2 on a Redis Cluster of its own, side by side (`--no-scale-out`
+   skips it; `--quick` runs a small one).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from wacoder import keys
 from wacoder.settings import Settings
 
 from bench import load
+from bench import scale_out as scale_out_bench
 from bench.measure import (
     DepthSampler,
     Meter,
@@ -83,10 +87,25 @@ class Options:
     quick: bool = False
     json_path: Path | None = None
     profile: bool = False  # py-spy the hot services during the ack burst (their figures then suffer)
+    # The scale-out line (bench/scale_out.py): "/agents" messages, senders, posters.
+    scale_out: bool = True
+    scale_out_messages: int = scale_out_bench.MESSAGES
+    scale_out_senders: int = scale_out_bench.SENDERS
+    scale_out_concurrency: int = scale_out_bench.CONCURRENCY
 
     @classmethod
     def quick_run(cls, **overrides: Any) -> Options:
-        base = dict(messages=200, e2e_messages=15, sustain_s=3.0, idle_s=1.0, warmup=40, quick=True)
+        base = dict(
+            messages=200,
+            e2e_messages=15,
+            sustain_s=3.0,
+            idle_s=1.0,
+            warmup=40,
+            quick=True,
+            scale_out_messages=100,
+            scale_out_senders=20,
+            scale_out_concurrency=8,
+        )
         return cls(**{**base, **overrides})
 
 
@@ -746,6 +765,22 @@ def figures(results: Mapping[str, Any], options: Options) -> list[Figure]:
                 reference_note=capacity,
             )
         )
+    # Side by side: the same load with one and with two replicas of each gRPC service.
+    cluster = results.get("scale_out", {}).get("median_msg_per_s", {})
+    for replicas in scale_out_bench.REPLICA_COUNTS:
+        found.append(
+            Figure(
+                f"scale_out_replicas_{replicas}",
+                f"sustained end to end, Redis Cluster, REPLICAS={replicas}",
+                "msg/s",
+                cluster.get(str(replicas)),
+                None,
+                "higher",
+                True,
+                note="'/agents' at full speed, no send-rate cap; agent, bridge, notifier replicated",
+                reference_note="one process on one standalone Redis: it has no replicas",
+            )
+        )
     found.append(
         Figure(
             "end_to_end_burst",
@@ -864,6 +899,8 @@ def report(results: dict[str, Any], options: Options) -> dict[str, Any]:
                 f"{t['backlog_at_end']} (bound {t['backlog_bound']}), max depth inbox {t['max_inbox_depth']} "
                 f"outbox {t['max_outbox_depth']}, {t['cost']['total_cpu_ms_per_msg']:.2f} CPU ms/msg"
             )
+    if "scale_out" in results:
+        print(scale_out_line(results["scale_out"]))
     others = max(c.get("other_load_cores", 0.0) for c in [p["ack"]["cost"], p["reference_ack"]["cost"]])
     print(
         "noisy: wall-clock figures (throughput, latency, sustained rates) move with whatever else runs on "
@@ -890,6 +927,32 @@ def report(results: dict[str, Any], options: Options) -> dict[str, Any]:
     return {"figures": [f.as_dict() for f in found]}
 
 
+def scale_out_line(measured: Mapping[str, Any]) -> str:
+    """The scale-out figures in one line: msg/s and CPU per message with 1 and with 2 replicas."""
+    runs = {run["replicas"]: run for run in measured["results"]}
+    side = " | ".join(
+        f"REPLICAS={r} {msg_per_s:.1f} msg/s, {runs[int(r)]['cpu_ms_per_msg_services']:.2f} CPU ms/msg"
+        for r, msg_per_s in measured["median_msg_per_s"].items()
+    )
+    first = next(iter(runs.values()))
+    return (
+        f"scale-out on a Redis Cluster (3 masters + 3 replicas; {first['messages']} '/agents' from "
+        f"{first['senders']} senders): {side}; {measured['ratio_msg_per_s']:.2f}x"
+    )
+
+
+def measure_scale_out(options: Options) -> dict[str, Any]:
+    """bench/scale_out.py with the options' sizes (it prints its own table as it goes)."""
+    say(
+        "scale-out: REPLICAS=1 and 2 on a Redis Cluster of its own (bench/scale_out.py; "
+        "--no-scale-out skips it)"
+    )
+    measured = scale_out_bench.run(
+        options.scale_out_messages, options.scale_out_senders, options.scale_out_concurrency
+    )
+    return scale_out_bench.summary(measured)
+
+
 def write_json(results: dict[str, Any], options: Options, path: Path) -> None:
     document = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -908,6 +971,10 @@ def write_json(results: dict[str, Any], options: Options, path: Path) -> None:
             "quick": options.quick,
             "per_sender_rate": PER_SENDER_RATE,
             "log_level": options.log_level or "service default",
+            "scale_out": options.scale_out,
+            "scale_out_messages": options.scale_out_messages,
+            "scale_out_senders": options.scale_out_senders,
+            "scale_out_concurrency": options.scale_out_concurrency,
         },
         **results,
     }
@@ -922,7 +989,14 @@ def main(options: Options) -> dict[str, Any]:
         f"{options.e2e_messages} sequential per end-to-end figure; sustained tries of {options.sustain_s:g} s"
         + (" (--quick)" if options.quick else "")
     )
+    began = time.perf_counter()
     results = bench.run()
+    # After the rest is stopped: the scale-out stacks have the machine to themselves.
+    if options.scale_out:
+        results["scale_out"] = measure_scale_out(options)
+    else:
+        bench.not_measured("scale-out (REPLICAS=1 and 2 on a Redis Cluster)", "--no-scale-out")
+    results["wall_seconds"] = round(time.perf_counter() - began, 1)
     if options.profile:
         bench.notes.append("--profile: py-spy sampled the services during the ack burst; its figures suffer")
     if options.quick:

@@ -1,5 +1,7 @@
 """`make bench`'s scale-out line: sustained end-to-end throughput with one and with two replicas
 of the agent, the bridge and the notifier, on a real Redis Cluster (3 masters, 3 replicas).
+`make bench` runs it after its other figures (`--no-scale-out` skips it; `--quick` runs a small
+one); alone, it is `python -m bench scale-out`.
 
 For each replica count, on the same cluster (flushed in between, and fresh senders per run):
 - a stack with `replicas=r`, Twilio's per-sender send rate (80/s by default) and our own rate
@@ -17,6 +19,7 @@ For each replica count, on the same cluster (flushed in between, and fresh sende
 AutoCoder call): it measures the message path, not a coding session.
 
 Alone: `.venv/bin/python -m bench scale-out [--messages M] [--senders N] [--concurrency C] [--rounds R]`.
+It prints its table and writes `.run/bench/scale_out.json` either way.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -327,6 +331,16 @@ def medians(results: list[RunResult]) -> dict[int, float]:
     }
 
 
+def summary(results: list[RunResult]) -> dict[str, Any]:
+    """Every run, the median msg/s per replica count and the ratio of the most to the fewest."""
+    middle = medians(results)
+    return {
+        "results": [asdict(r) for r in results],
+        "median_msg_per_s": {str(r): m for r, m in middle.items()},
+        "ratio_msg_per_s": round(middle[REPLICA_COUNTS[-1]] / middle[REPLICA_COUNTS[0]], 3),
+    }
+
+
 def table(results: list[RunResult]) -> str:
     base = medians(results)[results[0].replicas]
     rows = [
@@ -406,9 +420,7 @@ def run(
                     "redis": "cluster: 3 masters + 3 replicas",
                     "body": "/agents",
                 },
-                "results": [asdict(r) for r in results],
-                "median_msg_per_s": {str(r): m for r, m in middle.items()},
-                "ratio_msg_per_s": round(middle[REPLICA_COUNTS[-1]] / middle[REPLICA_COUNTS[0]], 3),
+                **summary(results),
                 "wall_seconds": round(elapsed, 1),
             },
             indent=2,

@@ -1,5 +1,6 @@
 """`make bench --quick` end to end: every figure is there, beside its reference and their ratio,
-and the numbers make sense. Speed itself is only printed, never asserted: the machine is shared."""
+the scale-out line (REPLICAS=1 and 2 on a Redis Cluster) among them, and the numbers make sense.
+Speed itself is only printed, never asserted: the machine is shared."""
 
 from __future__ import annotations
 
@@ -30,20 +31,26 @@ COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """What `make bench BENCH_ARGS=--quick` prints, and the figures it writes."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,
     )
-    print(run.stdout[-6000:])
+    print(run.stdout[-8000:])
     assert run.returncode == 0, run.stderr[-4000:]
     assert f"figures in {out}" in run.stdout
     assert "ratio" in run.stdout and "noisy" in run.stdout
-    return dict(json.loads(out.read_text()))
+    return run.stdout, dict(json.loads(out.read_text()))
+
+
+@pytest.fixture(scope="module")
+def figures(bench_run: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return bench_run[1]
 
 
 def test_every_figure_has_its_reference_and_ratio(figures: dict[str, Any]) -> None:
@@ -54,6 +61,8 @@ def test_every_figure_has_its_reference_and_ratio(figures: dict[str, Any]) -> No
         "e2e_free_text_p95",
         "sustained_one_sender",
         "sustained_pool",
+        "scale_out_replicas_1",
+        "scale_out_replicas_2",
     ):
         assert key in by_key, key
     for figure in figures["figures"]:
@@ -110,3 +119,32 @@ def test_every_reply_arrived(figures: dict[str, Any]) -> None:
     for name in ("sustained_one_sender", "sustained_pool"):
         tries = phases[name]["tries"]
         assert tries and all(t["messages"] > 0 for t in tries), name
+
+
+def test_the_scale_out_line_puts_one_and_two_replicas_side_by_side(
+    bench_run: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, figures = bench_run
+    options = figures["options"]
+    assert options["scale_out"] is True
+    by_key = {f["key"]: f for f in figures["figures"]}
+    measured = figures["scale_out"]
+    runs = {run["replicas"]: run for run in measured["results"]}
+    assert sorted(runs) == [1, 2]
+    for replicas, run in runs.items():
+        # Every message of the run was answered exactly once (scale_out.check_replies), and
+        # counted in its figures.
+        assert run["messages"] == options["scale_out_messages"], run
+        assert run["senders"] == options["scale_out_senders"], run
+        assert run["msg_per_s"] > 0 and run["cpu_ms_per_msg_services"] > 0, run
+        figure = by_key[f"scale_out_replicas_{replicas}"]
+        assert figure["value"] == pytest.approx(measured["median_msg_per_s"][str(replicas)], rel=0.001)
+        assert figure["unit"] == "msg/s" and figure["noisy"]
+    assert measured["ratio_msg_per_s"] == pytest.approx(runs[2]["msg_per_s"] / runs[1]["msg_per_s"], rel=0.01)
+    # The table's two rows, and the one line with both figures and their ratio.
+    assert "sustained end to end, Redis Cluster, REPLICAS=1" in stdout
+    assert "sustained end to end, Redis Cluster, REPLICAS=2" in stdout
+    [line] = [line for line in stdout.splitlines() if line.startswith("scale-out on a Redis Cluster")]
+    assert f"REPLICAS=1 {runs[1]['msg_per_s']:.1f} msg/s" in line
+    assert f"REPLICAS=2 {runs[2]['msg_per_s']:.1f} msg/s" in line
+    assert f"{measured['ratio_msg_per_s']:.2f}x" in line
