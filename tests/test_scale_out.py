@@ -2,10 +2,13 @@
 (3 masters, 3 replicas), as Kubernetes would run them.
 
 - A conversation and a coding session work on the cluster.
+- A session's relay taken over: its owner kill -9'd mid-relay and left dead, the other agent
+  replica takes the shard lease after its TTL and relays the rest; every line arrives once.
 - Chaos: 200 messages from 20 users (commands, free text, coding sessions) while agent and
-  notifier replicas are kill -9'd at random: every accepted message is answered exactly once,
-  in order per user; every session's progress is relayed exactly once; AutoCoder holds exactly
-  one project and one session per user that asked for them.
+  notifier replicas are kill -9'd at random (both services lose some): every accepted message
+  is answered exactly once, in order per user; every session's progress (its agents' lines, not
+  only the summary) is relayed exactly once; AutoCoder holds exactly one project and one
+  session per user that asked for them.
 - A Redis master killed during traffic (its replica promoted): nothing that got a 200 is lost.
 """
 
