@@ -351,6 +351,9 @@ def test_the_agent_applies_a_whitelist_edit_to_share(
         assert "may not use this bot" in reply, reply
         assert time.monotonic() - edited < 15, "the agent did not apply the edit"
         time.sleep(0.2)
+    # The member is told, even when the notifier applies the edit a moment after the agent did.
+    told = twilio_sim.wait_for(f"whatsapp:{member}", timeout_s=15)
+    assert "shared project *reload-share* with you" in told[0]["body"]
     config_map.write(bot_config(WHITELIST))
 
 

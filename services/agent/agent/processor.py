@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
 from wacoder import keys, tracing
+from wacoder.botconfig import RELOAD_INTERVAL_S
 from wacoder.crypto import StateCipher
 from wacoder.inbox import Inbox
 from wacoder.phones import phone_hash, to_e164, to_whatsapp
@@ -34,6 +35,9 @@ from agent.state import StateStore
 from agent.turn import Turn
 
 log = logging.getLogger("agent.processor")
+
+# A few of the bot config's reload intervals (wacoder.botconfig): every service re-reads it on its own.
+NOTICE_PATIENCE_S = 5 * RELOAD_INTERVAL_S
 
 
 class Processor:
@@ -93,7 +97,13 @@ class Processor:
             message.sender, answer.text, key=f"reply:{message.message_sid}", accepted_at_ms=accepted_ms or 0
         )
         for n, (to, notice) in enumerate(answer.notices):  # e.g. "... shared project X with you"
-            await self.outbound.send(to_whatsapp(to), notice, key=f"notice:{message.message_sid}:{n}")
+            # The agent's whitelist allowed `to`; the notifier's may not have the same edit yet.
+            await self.outbound.send(
+                to_whatsapp(to),
+                notice,
+                key=f"notice:{message.message_sid}:{n}",
+                refused_patience_s=NOTICE_PATIENCE_S,
+            )
         # Progress starts after the reply that announced the session, so it arrives after it; on
         # a redo too (starting a relay that already runs is a no-op).
         for session_id in answer.sessions:
