@@ -180,31 +180,7 @@ def test_the_internet() -> None:
 
 @needs_bwrap
 async def test_writes_stop_at_the_file_size_and_space_limits(data_dir: Path) -> None:
-    tests = """from pathlib import Path
-
-MB = b"x" * (1 << 20)
-
-
-def write_a_gigabyte(path: str) -> None:
-    with open(path, "wb") as fh:
-        for _ in range(1024):
-            fh.write(MB)
-
-
-def test_in_the_project() -> None:
-    write_a_gigabyte("big.bin")
-
-
-def test_in_tmp() -> None:
-    write_a_gigabyte("/tmp/big.bin")
-
-
-def test_many_files_up_to_a_gigabyte() -> None:
-    for n in range(1024 // 16):
-        with open(f"/tmp/part{n}.bin", "wb") as fh:
-            for _ in range(16):
-                fh.write(MB)
-"""
+    tests = GIGABYTE  # (below) 1 GB three ways: in the project, in /tmp, in many files
     results = await run(project(data_dir, "proj_alice", tests), jail(data_dir, file_size_mb=64, disk_mb=128))
     assert_contained(results, 3)
     assert "[Errno 27] File too large" in results.output_tail  # RLIMIT_FSIZE
