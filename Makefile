@@ -59,8 +59,8 @@ protos: install
 dashboards: install
 	$(PY) charts/whatsapp-coder/dashboards/generate.py
 
-# BENCH_ARGS: e.g. --quick, --concurrency 64, --json out.json; `$(PY) -m bench scale-out` is the
-# scale-out line (1 vs 2 replicas on a Redis Cluster).
+# BENCH_ARGS: e.g. --quick, --concurrency 64, --json out.json, --no-scale-out (skips the last
+# line: 1 vs 2 replicas on a Redis Cluster; `$(PY) -m bench scale-out` runs it alone).
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -91,14 +91,11 @@ def rate_limit(user: str) -> str:
     return f"rate_limit:{_tag(user)}:{user}"
 
 
-# One counter for everybody, in a slot of its own (not in an atomic step with a user's keys:
-# see webhook/admission.py for how it stays exact).
-RATE_LIMIT_GLOBAL = "rate_limit:global"
-
-
 def rate_limit_global(window_start: int) -> str:
-    """The global counter of one fixed rate window, by its start (epoch seconds): a message is
-    counted, and counted back, in the window it arrived in (docs/adr/0007-scale-out.md)."""
+    """The global counter of one fixed rate window, by its start (epoch seconds): one counter for
+    everybody, in a slot of its own (not in an atomic step with a user's keys: see
+    webhook/admission.py for how it stays exact); a message is counted, and counted back, in the
+    window it arrived in (docs/adr/0007-scale-out.md)."""
     return f"rate_limit:global:{window_start}"
 
 
