@@ -241,6 +241,8 @@ def test_a_build_request_redone_after_a_crash_creates_one_project_and_one_sessio
 
     started, agents = bob.next(2, timeout_s=40)
     assert "Created project *todo-app*" in started and "Started session" in started
+    # The redo's list held the project its first attempt made: Bob has no other one to be told of.
+    assert "other projects" not in started
     assert "AutoCoder agents" in agents
 
     [project] = at_autocoder(env, bob.phone)

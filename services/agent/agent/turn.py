@@ -77,10 +77,14 @@ class Turn:
         project = self.state.active_project
         opening = ""
         if project is None:
-            taken = {p["name"].lower() for p in await self.list_projects()}
+            listed = await self.list_projects()
+            taken = {p["name"].lower() for p in listed}
             project = await self.create_project(unique_name(project_name_for(task), taken), task[:200])
-            others = " Your other projects: /list." if taken else ""
-            opening = f"📁 Created project *{project.name}* (`{project.project_id}`) for this.{others}\n"
+            # On a redo the list already holds the project the first attempt created (AutoCoder
+            # answers its idempotency key with it): it is not one of "your other projects".
+            others = [p for p in listed if p["project_id"] != project.project_id]
+            others_note = " Your other projects: /list." if others else ""
+            opening = f"📁 Created project *{project.name}* (`{project.project_id}`) for this.{others_note}\n"
         result = await self.start_session(project, task, agents)
         team = ", ".join(result.get("agents", []))
         quoted = task if len(task) <= 120 else task[:117] + "..."
