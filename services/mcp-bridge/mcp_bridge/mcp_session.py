@@ -256,6 +256,9 @@ class _Connection:
             except McpError as exc:
                 self._settle(call, self._from_mcp_error(exc))
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+                # The session's streams are gone for good (the SDK's receive loop can end quietly
+                # when an answer races a cancelled call): the next calls need a new connection.
+                self.retire()
                 self._settle(
                     call,
                     TransportFailure(f"MCP session closed ({type(exc).__name__})", may_have_reached=True),
