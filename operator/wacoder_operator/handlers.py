@@ -12,6 +12,7 @@ the bot itself cannot be read or its status written does the handler raise for k
 Environment: HELM_BIN (else `helm` from PATH), WACODER_CHART (the chart to install; default the
 checkout's charts/whatsapp-coder), WACODER_IMAGE_REPOSITORY (optional image.repository),
 WACODER_PREVIEW_URL (the promotion checks' base URL template, `{bot}` and `{namespace}`),
+WACODER_METRICS_URL (where a draining colour's queue depths are read, wacoder_operator.backlog),
 WACODER_OPERATOR_INTERVAL (seconds between timer reconciles, default 10)."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 import aiohttp
 import kopf
 
+from wacoder_operator.backlog import DEFAULT_METRICS_URL, BacklogReader, HttpBacklogReader
 from wacoder_operator.checks import (
     ALL_CHECKS,
     DEFAULT_PREVIEW_URL,
@@ -86,6 +88,7 @@ class Operator:
     kube: Kube
     helm: Helm
     checker: Checker
+    backlog: BacklogReader
     image_repository: str | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
@@ -139,6 +142,10 @@ class Operator:
         checks = None
         if status.phase is Phase.VERIFYING and status.preview is not None and not errors:
             checks = await self._checks(ref, raw, read)
+        backlog = None  # the old colour's queues, read while it drains
+        old = status.releases.get(status.active.other()) if status.active else None
+        if status.phase is Phase.DRAINING and status.active and old is not None and not old.scaled_down:
+            backlog = await self.backlog.read(ref.name, ref.namespace, status.active.other())
         config = await read(self.kube.config_map(ref, config_map_name(ref.name)), None)
         routes = await read(self.kube.routes(ref), {})
         return Observed(
@@ -148,6 +155,7 @@ class Operator:
             checks=checks,
             serving=frozenset(serving) if seen else None,
             error="; ".join(errors) or None,
+            backlog=backlog,
         )
 
     async def _checks(
@@ -185,7 +193,7 @@ class Operator:
                 undone.append(action)
                 continue
             try:
-                await self._run(ref, raw, action)
+                await self._run(ref, raw, action, decision.status)
             except (HelmError, KubeError, aiohttp.ClientError) as error:
                 log.warning("%s/%s: %s failed: %s", ref.namespace, ref.name, action, error)
                 if isinstance(action, Emit):
@@ -201,24 +209,28 @@ class Operator:
 
     async def _tell(self, ref: BotRef, action: Action) -> None:
         try:
-            await self._run(ref, {}, action)
+            await self._run(ref, {}, action, Status())
         except (KubeError, aiohttp.ClientError) as error:
             log.warning("%s/%s: %s failed: %s", ref.namespace, ref.name, action, error)
 
-    async def _run(self, ref: BotRef, raw: Mapping[str, Any], action: Action) -> None:
+    async def _run(self, ref: BotRef, raw: Mapping[str, Any], action: Action, status: Status) -> None:
+        """One action; `status` is the one decided with it (which colour hosts the AutoCoder)."""
         log.info("%s/%s: %s", ref.namespace, ref.name, action)
         match action:
             case WriteConfigMap():
                 await self.kube.write_config_map(ref, config_map_name(ref.name), bot_config(raw))
             case ApplyRelease(colour=colour):
-                values = helm_values(ref.name, raw, colour, self.image_repository)
+                values = helm_values(
+                    ref.name, raw, colour, self.image_repository, status.autocoder, ref.namespace
+                )
                 await self.helm.upgrade_install(release_name(ref.name, colour), ref.namespace, values)
             case Route(active=active, preview=preview):
                 for role, colour_or_none in (("active", active), ("preview", preview)):
                     if colour_or_none is not None:
                         await self.kube.route(ref, role, colour_or_none)
-            case ScaleDown(colour=colour):
-                await self.kube.scale_down(ref, release_name(ref.name, colour))
+            case ScaleDown(colour=colour, keep_autocoder=keep_autocoder):
+                keep = ("autocoder",) if keep_autocoder else ()
+                await self.kube.scale_down(ref, release_name(ref.name, colour), keep)
             case Emit(type=type_, reason=reason, message=message):
                 await self.kube.event(ref, type_, reason, message)
             case ClearAnnotation(key=key):
@@ -253,6 +265,7 @@ def operator() -> Operator:
             kube=KubeApi.from_connection(connection),
             helm=HelmCli(os.environ.get("WACODER_CHART") or str(DEFAULT_CHART)),
             checker=HttpChecker(os.environ.get("WACODER_PREVIEW_URL") or DEFAULT_PREVIEW_URL),
+            backlog=HttpBacklogReader(os.environ.get("WACODER_METRICS_URL") or DEFAULT_METRICS_URL),
             image_repository=os.environ.get("WACODER_IMAGE_REPOSITORY") or None,
         )
     operator_: Operator = _runtime["operator"]

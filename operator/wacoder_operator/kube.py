@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -54,7 +54,7 @@ class Kube(Protocol):
 
     async def deployments(self, bot: BotRef, release: str) -> list[dict[str, Any]]: ...
 
-    async def scale_down(self, bot: BotRef, release: str) -> None: ...
+    async def scale_down(self, bot: BotRef, release: str, keep: Collection[str] = ()) -> None: ...
 
     async def secret_value(self, bot: BotRef, name: str, key: str) -> str | None: ...
 
@@ -242,8 +242,11 @@ class KubeApi:
             if d.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/instance") == release
         ]
 
-    async def scale_down(self, bot: BotRef, release: str) -> None:
+    async def scale_down(self, bot: BotRef, release: str, keep: Collection[str] = ()) -> None:
+        """Every Deployment of the release to zero but those of the components in `keep`."""
         for deployment in await self.deployments(bot, release):
+            if deployment["metadata"].get("labels", {}).get("app.kubernetes.io/component") in keep:
+                continue
             name = deployment["metadata"]["name"]
             path = f"/apis/apps/v1/namespaces/{bot.namespace}/deployments/{name}"
             await self._call("PATCH", path, {"spec": {"replicas": 0}}, merge=True)

@@ -7,16 +7,22 @@ in any phase picks up where it was, and deciding again on the same inputs asks f
 
 Phases (Argo Rollouts' blue/green is the model):
 
-    (new) ──> Deploying ──> Verifying ──> [Paused] ──> ScaleDownDelay ──> Healthy
-                  ^  (a new spec retargets the preview)       │  (abort: instant rollback)
-    Healthy ──────┘                                           v
+    (new) ──> Deploying ──> Verifying ──> [Paused] ──> ScaleDownDelay ──> Draining ──> Healthy
+                  ^  (a new spec retargets the preview)       │  (abort, or the new colour
+    Healthy ──────┘                                           │   unavailable: instant rollback)
     Deploying | Verifying | Paused ── check failed, deadline, abort ──> Aborted
 
 - Deploying: the idle colour's Helm release is installed/upgraded; waits for its Deployments.
 - Verifying: the promotion checks run against the preview (its /readyz, a signed synthetic message).
 - Paused: checks passed, `autoPromote: false`: waits for the promote annotation.
 - ScaleDownDelay: `<bot>-active` switched; the old colour stays warm for `scaleDownDelaySeconds`
-  (an abort, or the spec going back to the old revision, switches back at once), then scales to 0.
+  (an abort, the spec going back to the old revision, or the new colour becoming unavailable
+  switches back at once).
+- Draining: the delay is over; the old colour stays up until its agent's inbox and its notifier's
+  outbox are empty (`Observed.backlog`: what it accepted is handled, not left waiting until it
+  next runs), then scales to 0; `progressDeadlineSeconds` after the delay it scales down anyway
+  (a Warning Event; Degraded says how many messages it left, until that colour runs again).
+  Rollback stays instant while it drains.
 - Healthy: the active colour runs what the spec asks. Aborted: traffic stayed on (or went back
   to) the old colour, Degraded says why, until the spec changes or a promote annotation retries.
 
@@ -30,7 +36,14 @@ Event when it starts). The next decision retries what did not happen; a waiting 
 at its deadline, so a release that cannot be installed ends Aborted, Degraded saying why.
 
 Ready is observed, not remembered: it is True only while the active colour's Deployments serve
-(`Observed.serving`), on every reconcile, without starting a rollout when it changes.
+(`Observed.serving`), on every reconcile, without starting a rollout when it changes; inside the
+scale-down window (ScaleDownDelay, Draining) a promoted colour that stops serving while the old
+one serves is rolled back.
+
+One reference AutoCoder per bot (`spec.autocoder.mcpUrl` unset): the first colour installed hosts
+it (`Status.autocoder`); the other colour's values point its bridges at it, and scaling the host
+colour down keeps its AutoCoder (`ScaleDown.keep_autocoder`), so users' projects are where they
+were after a switch.
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ class Phase(StrEnum):
     VERIFYING = "Verifying"
     PAUSED = "Paused"
     SCALE_DOWN_DELAY = "ScaleDownDelay"
+    DRAINING = "Draining"
     HEALTHY = "Healthy"
     ABORTED = "Aborted"
 
@@ -65,7 +79,10 @@ class Phase(StrEnum):
 _E = TypeVar("_E", bound=StrEnum)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ROLLING = (Phase.DEPLOYING, Phase.VERIFYING, Phase.PAUSED)  # the waiting phases: each has a deadline
+WARM = (Phase.SCALE_DOWN_DELAY, Phase.DRAINING)  # switched, the old colour still up: rollback is instant
 ACTIVE_UNAVAILABLE = "ActiveUnavailable"  # Ready's reason while the active colour does not serve
+PROMOTED_UNAVAILABLE = "PromotedUnavailable"  # rolled back: the new colour stopped serving in the window
+DRAIN_DEADLINE = "DrainDeadlineExceeded"  # the old colour scaled down with messages left in its queues
 READ = "reading the cluster"  # the operation of a failed observation
 FAILURE_MESSAGE_LIMIT = 400  # characters of an error kept in the status (conditions, Events)
 
@@ -87,12 +104,35 @@ class Spec:
     progress_deadline_s: int = 600
     promote: bool = False  # the promote annotation is set
     abort: bool = False  # the abort annotation is set
+    own_autocoder: bool = True  # spec.autocoder.mcpUrl unset: the bot runs the reference AutoCoder
 
 
 @dataclass(frozen=True)
 class CheckResult:
     ok: bool
     message: str
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What a colour's queues still hold: its agent's inbox (entries not yet handled) and its
+    notifier's outbox (messages not yet sent), from their depth gauges."""
+
+    inbox: int = 0
+    outbox: int = 0
+    error: str | None = None  # the gauges could not be read (the counts are then not known)
+
+    @property
+    def total(self) -> int:
+        return self.inbox + self.outbox
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"its queues could not be read ({self.error})"
+        return (
+            f"{self.total} message{'s' if self.total != 1 else ''} left ({self.inbox} in its agent's"
+            f" inbox, {self.outbox} in its notifier's outbox)"
+        )
 
 
 @dataclass(frozen=True)
@@ -107,6 +147,8 @@ class Observed:
     # they could not be read
     serving: frozenset[Colour] | None = None
     error: str | None = None  # a read of the Kubernetes API failed: what was not seen, and why
+    # the old colour's queues (read while Draining); None: not read
+    backlog: Backlog | None = None
 
 
 # --- status ------------------------------------------------------------------------------------
@@ -121,6 +163,8 @@ class Release:
     values_hash: str
     scaled_down: bool = False
     pending: bool = False  # its last `helm upgrade --install` failed: the next decision retries it
+    # scaled down at its drain deadline with this in its queues: it waits until the colour runs again
+    left_behind: Backlog | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +214,7 @@ class Status:
     last: Rollout | None = None
     conditions: tuple[Condition, ...] = ()
     failure: Failure | None = None
+    autocoder: Colour | None = None  # the colour whose release runs the bot's reference AutoCoder
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -191,9 +236,11 @@ class Status:
                     "valuesHash": r.values_hash,
                     "scaledDown": r.scaled_down,
                     "pending": r.pending,
+                    "leftBehind": _backlog_dict(r.left_behind),
                 }
                 for colour, r in sorted(self.releases.items())
             },
+            "autocoderColour": self.autocoder.value if self.autocoder else None,
             "failure": _failure_dict(self.failure),
             "currentRollout": _rollout_dict(self.current),
             "lastRollout": _rollout_dict(self.last),
@@ -220,6 +267,7 @@ class Status:
                 values_hash=str(r["valuesHash"]),
                 scaled_down=bool(r.get("scaledDown", False)),
                 pending=bool(r.get("pending", False)),
+                left_behind=_parse_backlog(r.get("leftBehind")),
             )
             for colour, r in (data.get("releases") or {}).items()
             if colour in Colour.__members__.values()
@@ -245,6 +293,7 @@ class Status:
                 for c in data.get("conditions") or ()
             ),
             failure=_parse_failure(data.get("failure")),
+            autocoder=_enum(Colour, data.get("autocoderColour")),
         )
 
 
@@ -273,9 +322,11 @@ class Route:
 
 @dataclass(frozen=True)
 class ScaleDown:
-    """Scale a colour's Deployments to zero (its release stays; the next apply scales it up)."""
+    """Scale a colour's Deployments to zero (its release stays; the next apply scales it up);
+    `keep_autocoder`: but its AutoCoder, which the bot's other colour uses."""
 
     colour: Colour
+    keep_autocoder: bool = False
 
 
 @dataclass(frozen=True)
@@ -353,12 +404,12 @@ class _Step:
 
     def run(self) -> Decision:
         phase = self.s.phase
-        if phase is None or (phase in (Phase.HEALTHY, Phase.SCALE_DOWN_DELAY) and self.s.active is None):
+        if phase is None or (phase in (Phase.HEALTHY, *WARM) and self.s.active is None):
             self._start_rollout()
         elif phase in ROLLING:
             self._rolling()
-        elif phase is Phase.SCALE_DOWN_DELAY:
-            self._scale_down_delay()
+        elif phase in WARM:
+            self._warm()
         elif phase is Phase.HEALTHY:
             self._healthy()
         else:
@@ -427,22 +478,53 @@ class _Step:
             return True
         return False
 
-    def _scale_down_delay(self) -> None:
+    def _warm(self) -> None:
+        """ScaleDownDelay and Draining: switched, the old colour still up (rollback is instant)."""
         spec, active = self.spec, self._active()
         old = active.other()
-        old_release = self.s.releases.get(old)
+        old_release, new_release = self.s.releases.get(old), self._release(active)
         reverted = old_release is not None and spec.revision == old_release.revision
         if spec.abort and old_release is not None:
             self._roll_back("AbortRequested", f"aborted by the {ABORT_ANNOTATION} annotation", Phase.ABORTED)
-        elif reverted and spec.revision != self._release(active).revision:
+        elif reverted and spec.revision != new_release.revision:
             self._roll_back("SpecReverted", f"the spec went back to {spec.version}", Phase.HEALTHY)
-        elif spec.revision != self._release(active).revision:
+        elif spec.revision != new_release.revision:
             self._start_rollout()
-        elif self.now >= self._since() + timedelta(seconds=spec.scale_down_delay_s):
+        elif self._promoted_colour_down(old):
+            message = f"{active} ({new_release.version}) stopped serving within the scale-down window"
+            self._roll_back(PROMOTED_UNAVAILABLE, message, Phase.ABORTED)
+        else:
+            if spec.values_hash != new_release.values_hash or new_release.pending:
+                self._apply(active)  # replicas only (or a failed apply again): in place
+            if self.s.phase is Phase.SCALE_DOWN_DELAY and self.now >= self._warm_until():
+                # the drain's deadline counts from the end of the delay, however late it is seen
+                self._enter(Phase.DRAINING, since=self._warm_until())
+            if self.s.phase is Phase.DRAINING:
+                self._drain(old)
+
+    def _promoted_colour_down(self, old: Colour) -> bool:
+        """The promoted colour does not serve and the old one, still up, does: roll back."""
+        serving, release = self.observed.serving, self.s.releases.get(old)
+        return (
+            serving is not None
+            and self._active() not in serving
+            and old in serving
+            and release is not None
+            and not release.scaled_down
+        )
+
+    def _drain(self, old: Colour) -> None:
+        """The old colour scales down once its queues are empty, or at the drain deadline."""
+        backlog = self.observed.backlog
+        if backlog is not None and backlog.error is None and backlog.total == 0:
             self._scale(old)
             self._enter(Phase.HEALTHY)
-        elif spec.values_hash != self._release(active).values_hash or self._release(active).pending:
-            self._apply(active)
+        elif self._deadline_passed():
+            left = backlog or Backlog(error="not read")
+            self._scale(old, left_behind=left)
+            after = f"progressDeadlineSeconds: {self.spec.progress_deadline_s}s after the scale-down delay"
+            self._emit("Warning", DRAIN_DEADLINE, f"{_left_behind(old, left)} ({after})")
+            self._enter(Phase.HEALTHY)
 
     def _aborted(self) -> None:
         spec, s = self.spec, self.s
@@ -523,19 +605,35 @@ class _Step:
 
     # helpers
 
-    def _enter(self, phase: Phase) -> None:
-        self.s = replace(self.s, phase=phase, phase_since=self.now)
+    def _enter(self, phase: Phase, since: datetime | None = None) -> None:
+        self.s = replace(self.s, phase=phase, phase_since=since or self.now)
 
     def _apply(self, colour: Colour) -> None:
+        """Install/upgrade a colour (its queues run again: nothing is left behind in them)."""
         release = Release(self.spec.version, self.spec.revision, self.spec.values_hash)
-        self.s = replace(self.s, releases={**self.s.releases, colour: release})
+        host = self.s.autocoder
+        if self.spec.own_autocoder and host is None:
+            host = colour  # the first colour installed with the reference AutoCoder hosts it
+        elif not self.spec.own_autocoder and host is colour:
+            host = None  # installed with an external AutoCoder: its own is removed
+        self.s = replace(self.s, releases={**self.s.releases, colour: release}, autocoder=host)
         self.applies.append(ApplyRelease(colour))
 
-    def _scale(self, colour: Colour) -> None:
+    def _scale(self, colour: Colour, left_behind: Backlog | None = None) -> None:
         release = self.s.releases.get(colour)
         if release is not None:
-            self.s = replace(self.s, releases={**self.s.releases, colour: replace(release, scaled_down=True)})
-        self.scales.append(ScaleDown(colour))
+            left = left_behind or release.left_behind
+            scaled = replace(release, scaled_down=True, left_behind=left)
+            self.s = replace(self.s, releases={**self.s.releases, colour: scaled})
+        # The host's AutoCoder serves the other colour's bridges too: it stays while that one runs.
+        other = self.s.releases.get(colour.other())
+        keep = (
+            self.spec.own_autocoder
+            and colour is self.s.autocoder
+            and other is not None
+            and not other.scaled_down
+        )
+        self.scales.append(ScaleDown(colour, keep_autocoder=keep))
 
     def _emit(self, type_: str, reason: str, message: str) -> None:
         self.events.append(Emit(type_, reason, message))
@@ -559,6 +657,10 @@ class _Step:
 
     def _deadline(self) -> datetime:
         return self._since() + timedelta(seconds=self.spec.progress_deadline_s)
+
+    def _warm_until(self) -> datetime:
+        """The end of the scale-down delay (Draining starts then)."""
+        return self._since() + timedelta(seconds=self.spec.scale_down_delay_s)
 
     def _deadline_passed(self) -> bool:
         return self.now > self._deadline()
@@ -608,6 +710,11 @@ class _Step:
         last = s.last
         failing = f"{failure.operation}: {failure.message}" if failure else ""
         serving = self.observed.serving
+        stranded = [  # colours scaled down at their drain deadline with messages in their queues
+            (colour, r.left_behind)
+            for colour, r in sorted(s.releases.items())
+            if r.left_behind is not None and r.scaled_down and colour != s.active
+        ]
         ready: tuple[bool | None, str, str]
         if active is None:
             not_yet = "no colour serves yet" + (f"; {failing}" if failure else "")
@@ -635,9 +742,16 @@ class _Step:
                 )
             progressing = (True, reason, message)
         elif s.phase is Phase.SCALE_DOWN_DELAY:
-            until = self._since() + timedelta(seconds=self.spec.scale_down_delay_s)
-            warm = f"{s.active} is active; {_old(s)} stays warm until {_time(until)}"
+            warm = f"{s.active} is active; {_old(s)} stays warm until {_time(self._warm_until())}"
             progressing = (False, "Promoted", warm)
+        elif s.phase is Phase.DRAINING:
+            backlog = self.observed.backlog
+            left = backlog.describe() if backlog is not None else "its queues are read next"
+            draining = (
+                f"{s.active} is active; {_old(s)} drains before it scales down: {left}; it scales"
+                f" down when they are empty, at the latest at {_time(self._deadline())}"
+            )
+            progressing = (False, "Draining", draining)
         elif s.phase is Phase.ABORTED and last is not None:
             progressing = (False, last.reason or "Aborted", last.message or "")
         else:
@@ -646,6 +760,8 @@ class _Step:
             degraded = (True, last.reason or "Aborted", last.message or "")
         elif failure is not None:
             degraded = (True, failure.reason, f"{failing} (since {_time(failure.since)}, retried)")
+        elif stranded:
+            degraded = (True, DRAIN_DEADLINE, _left_behind(*stranded[0]))
         else:
             degraded = (False, "AsExpected", "")
         return tuple(
@@ -657,6 +773,18 @@ class _Step:
         before = self.s.condition(type_)
         since = before.last_transition_time if before is not None and before.status == status else self.now
         return Condition(type_, status, reason, message, gen, since)
+
+
+def _left_behind(colour: Colour, left: Backlog) -> str:
+    if left.error is not None:
+        return (
+            f"{colour} was scaled down at its drain deadline, its queues not read ({left.error});"
+            f" what they held waits until {colour} runs again"
+        )
+    return (
+        f"{colour} was scaled down at its drain deadline with {left.describe()}; they wait until"
+        f" {colour} runs again"
+    )
 
 
 def _old(s: Status) -> str:
@@ -679,6 +807,20 @@ def _trim(message: str) -> str:
 
 def _condition_status(value: bool | None) -> str:
     return "Unknown" if value is None else "True" if value else "False"
+
+
+def _backlog_dict(b: Backlog | None) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {"inbox": b.inbox, "outbox": b.outbox, "error": b.error}
+
+
+def _parse_backlog(data: Mapping[str, Any] | None) -> Backlog | None:
+    if not data:
+        return None
+    error = data.get("error")
+    inbox, outbox = int(data.get("inbox") or 0), int(data.get("outbox") or 0)
+    return Backlog(inbox, outbox, None if error is None else str(error))
 
 
 def _failure_dict(f: Failure | None) -> dict[str, Any] | None:

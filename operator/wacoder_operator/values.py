@@ -7,6 +7,11 @@ the model's temperature). Everything else a pod runs with (the version, the mode
 baseUrl, Twilio, Redis, AutoCoder, the Secrets) is in the colour's Helm values, so changing it
 means a new revision, which goes blue/green. Replicas are in the values but not the revision:
 changing only them upgrades the active colour in place.
+
+One reference AutoCoder per bot: without `spec.autocoder.mcpUrl`, the colour that hosts it (the
+first installed, `Status.autocoder`) runs it and the other colour's bridges are pointed at its
+Service, so a user's projects (their active project is in the shared Redis) are found after a
+switch. Which colour that is does not change a revision: the hashes are of the host's values.
 """
 
 from __future__ import annotations
@@ -23,10 +28,27 @@ from wacoder_operator.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, Colou
 CONFIG_KEY = "bot.yaml"
 SERVICES = {"webhook": "webhook", "agent": "agent", "mcpBridge": "mcpBridge", "notifier": "notifier"}
 DEFAULT_MODEL = "gpt-4o-mini"
+# The chart's defaults the AutoCoder's URL is made of (its clusterDomain, AutoCoder's MCP port).
+CLUSTER_DOMAIN = "cluster.local"
+AUTOCODER_PORT = 8765
 
 
 def release_name(bot: str, colour: Colour) -> str:
     return f"{bot}-{colour.value}"
+
+
+def release_prefix(bot: str, colour: Colour) -> str:
+    """What the chart names a colour's objects `<prefix>-<component>` with (its wacoder.prefix,
+    the operator setting fullnameOverride to the bot's name)."""
+    fullname = bot[:63].removesuffix("-")
+    return f"{fullname[:36].removesuffix('-')}-{colour.value}"
+
+
+def autocoder_url(bot: str, namespace: str, colour: Colour) -> str:
+    """The MCP URL of the reference AutoCoder in `colour`'s release, as the chart gives it to
+    that release's bridges (wacoder.autocoderMcpUrl)."""
+    service = f"{release_prefix(bot, colour)}-autocoder"
+    return f"http://{service}.{namespace}.svc.{CLUSTER_DOMAIN}:{AUTOCODER_PORT}/mcp"
 
 
 def config_map_name(bot: str) -> str:
@@ -51,9 +73,17 @@ def bot_config(spec: Mapping[str, Any]) -> dict[str, str]:
 
 
 def helm_values(
-    bot: str, spec: Mapping[str, Any], colour: Colour, image_repository: str | None = None
+    bot: str,
+    spec: Mapping[str, Any],
+    colour: Colour,
+    image_repository: str | None = None,
+    autocoder_host: Colour | None = None,
+    namespace: str | None = None,
 ) -> dict[str, Any]:
-    """The values file of `helm upgrade --install <bot>-<colour>` (on top of the chart's defaults)."""
+    """The values file of `helm upgrade --install <bot>-<colour>` (on top of the chart's defaults).
+
+    `autocoder_host`: the colour running the bot's reference AutoCoder (None: this one would);
+    another colour's release runs none and uses that one, in `namespace`."""
     model = spec.get("model") or {}
     twilio = spec.get("twilio") or {}
     autocoder = spec.get("autocoder") or {}
@@ -88,6 +118,9 @@ def helm_values(
         "secrets": _secrets(spec),
         "autocoder": {"enabled": not autocoder.get("mcpUrl"), "mcpUrl": str(autocoder.get("mcpUrl") or "")},
     }
+    if not autocoder.get("mcpUrl") and autocoder_host not in (None, colour):
+        assert autocoder_host is not None and namespace is not None
+        values["autocoder"] = {"enabled": False, "mcpUrl": autocoder_url(bot, namespace, autocoder_host)}
     for key, values_key in SERVICES.items():
         replicas = (spec.get("replicas") or {}).get(key)
         if replicas is not None:
@@ -137,7 +170,7 @@ def rollout_spec(
 ) -> Spec:
     """The state machine's view of a resource (its defaults are the CRD's, for a server that
     did not apply them)."""
-    values = helm_values(bot, spec, Colour.BLUE, image_repository)
+    values = helm_values(bot, spec, Colour.BLUE, image_repository)  # as the AutoCoder's host
     pods = {key: value for key, value in values.items() if key not in SERVICES.values()}
     rollout = spec.get("rollout") or {}
     return Spec(
@@ -151,6 +184,7 @@ def rollout_spec(
         progress_deadline_s=int(rollout.get("progressDeadlineSeconds", 600)),
         promote=_annotated(annotations, PROMOTE_ANNOTATION),
         abort=_annotated(annotations, ABORT_ANNOTATION),
+        own_autocoder=not (spec.get("autocoder") or {}).get("mcpUrl"),
     )
 
 

@@ -184,10 +184,12 @@ def _path(parts: Any) -> str:
     return text
 
 
-def problems(bot: Json) -> list[tuple[str, str]]:
-    """What the API server would refuse in `bot`, as (path, message); empty: accepted."""
-    bot = apply_defaults(copy.deepcopy(bot), schema())
-    validator = jsonschema.Draft7Validator(closed(schema()))
+def problems(bot: Json, openapi: Json | None = None) -> list[tuple[str, str]]:
+    """What the API server would refuse in `bot`, as (path, message); empty: accepted (by the
+    CRD's schema, or `openapi`)."""
+    openapi = openapi or schema()
+    bot = apply_defaults(copy.deepcopy(bot), openapi)
+    validator = jsonschema.Draft7Validator(closed(openapi))
     found = [(_path(e.absolute_path), e.message) for e in validator.iter_errors(bot)]
     for error in validator.iter_errors(bot):
         if error.validator == "additionalProperties":  # name the unknown field itself
@@ -393,22 +395,77 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return merged
 
 
-def test_the_operators_status_fits_the_status_schema() -> None:
+def described_status_schema() -> Json:
+    """The CRD's schema with its status closed: kopf's bookkeeping (the reason it keeps unknown
+    fields) aside, whatever the operator writes must be described there, so the API server
+    documents it (`kubectl explain whatsappbot.status`)."""
+    strict = copy.deepcopy(schema())
+    del strict["properties"]["status"]["x-kubernetes-preserve-unknown-fields"]
+    for _, node in walk(strict["properties"]["status"]):
+        assert not node.get("x-kubernetes-preserve-unknown-fields"), "only status itself keeps them"
+    return strict
+
+
+def leaves(value: Any, path: str = "") -> Iterator[str]:
+    """The paths of every non-null field in a status (`releases.blue.leftBehind.inbox`)."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if child is not None:
+                yield from leaves(child, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for child in value:
+            yield from leaves(child, f"{path}[]")
+    else:
+        yield path
+
+
+@pytest.mark.parametrize("example", ["minimal.yaml", "production.yaml"])
+def test_the_operators_status_fits_the_status_schema(example: str) -> None:
     """Every status the operator's state machine writes (wacoder_operator.rollout, through a first
     install, a rollout, a failed check, helm failing until the deadline, the active colour going
-    unavailable) is accepted by the status schema, patch after patch."""
-    example = load(EXAMPLES / "production.yaml")
-    seen = [status for _, status in machine_statuses(example, STORIES)]
+    unavailable, the old colour draining to its deadline or with unreadable queues, the promoted
+    colour crashing in the scale-down window) is accepted by the status schema, patch after
+    patch, and every field of it is described there."""
+    manifest = load(EXAMPLES / example)
+    seen = [status for _, status in machine_statuses(manifest, STORIES)]
     phases = {status.get("phase") for status in seen}
-    assert {"Deploying", "Verifying", "Paused", "ScaleDownDelay", "Healthy", "Aborted"} <= phases, phases
-    assert any(status.get("failure") for status in seen)
+    assert {"Deploying", "Verifying", "ScaleDownDelay", "Draining", "Healthy", "Aborted"} <= phases
+    assert ("Paused" in phases) is (example == "production.yaml")  # promoted by hand
+    written = {leaf for status in seen for leaf in leaves(status)}
+    assert {"releases.blue.version", "releases.green.version"} <= written
+    per_colour = {re.sub(r"^releases\.(blue|green)\.", "releases.<colour>.", leaf) for leaf in written}
+    assert {
+        "phaseSince",
+        "failure.since",
+        "releases.<colour>.version",
+        "releases.<colour>.revision",
+        "releases.<colour>.valuesHash",
+        "releases.<colour>.scaledDown",
+        "releases.<colour>.pending",
+        "releases.<colour>.leftBehind.inbox",
+        "releases.<colour>.leftBehind.outbox",
+        "releases.<colour>.leftBehind.error",
+        "currentRollout.revision",
+        "lastRollout.result",
+    } <= per_colour, per_colour
+    assert ("autocoderColour" in written) is ("mcpUrl" not in manifest["spec"].get("autocoder", {}))
+    assert any(s.get("lastRollout", {}).get("reason") == "PromotedUnavailable" for s in seen)
+    strict = described_status_schema()
     for status in seen:
-        assert problems({**example, "status": status}) == [], status
+        assert problems({**manifest, "status": status}, strict) == [], status
+    # ... and the check can fail: a field the schema does not describe is refused.
+    undocumented = {**seen[-1], "releases": {"blue": {**seen[-1]["releases"]["blue"], "surprise": 1}}}
+    assert ("status.releases.blue.surprise", "unknown field") in problems(
+        {**manifest, "status": undocumented}, strict
+    )
+    assert problems({**manifest, "status": {**seen[-1], "kopf": {"progress": {}}}}) == []  # kopf's own
 
 
 # Stories the state machine is driven through, each from a new bot: (version, what the cluster
-# does, whether the active colour serves) per chapter. "pass": Deployments come up, checks pass;
-# "fail": the checks fail; "helm": every helm upgrade --install fails.
+# does, whether the active colour serves) per chapter. "pass": Deployments come up, checks pass,
+# the old colour's queues are empty; "fail": the checks fail; "helm": every helm upgrade
+# --install fails; "stuck": the old colour's queues never empty (it drains to its deadline);
+# "unread": they cannot be read; "crash": the promoted colour stops serving in the window.
 Story = list[tuple[str, str, bool]]
 STORIES: list[Story] = [
     [("0.1.0", "pass", True), ("0.2.0", "pass", True)],
@@ -416,6 +473,8 @@ STORIES: list[Story] = [
     [("0.1.0", "helm", True)],
     [("0.1.0", "pass", True), ("0.2.0", "helm", True)],
     [("0.1.0", "pass", True), ("0.1.0", "pass", False)],
+    [("0.1.0", "pass", True), ("0.2.0", "stuck", True), ("0.3.0", "unread", True)],
+    [("0.1.0", "pass", True), ("0.2.0", "crash", True)],
 ]
 
 
@@ -424,7 +483,17 @@ def machine_statuses(example: Json, stories: list[Story]) -> list[tuple[str, Jso
     merge patch, as wacoder_operator.rollout decides them (a person promotes what is Paused)."""
     from datetime import UTC, datetime, timedelta
 
-    from wacoder_operator.rollout import ApplyRelease, CheckResult, Colour, Observed, Phase, Status, decide
+    from wacoder_operator.rollout import (
+        WARM,
+        ApplyRelease,
+        Backlog,
+        CheckResult,
+        Colour,
+        Observed,
+        Phase,
+        Status,
+        decide,
+    )
     from wacoder_operator.values import rollout_spec
 
     bot = apply_defaults(copy.deepcopy(example), schema())
@@ -436,15 +505,23 @@ def machine_statuses(example: Json, stories: list[Story]) -> list[tuple[str, Jso
         status = Status()
         for version, outcome, serving in story:
             bot["spec"]["version"] = version
-            for _ in range(6):
+            for _ in range(8):
                 promote = {"whatsappcoder.dev/promote": "true"} if status.phase is Phase.PAUSED else {}
                 spec = rollout_spec(name, bot["spec"], 1, promote)
+                up = frozenset(Colour) if serving else frozenset()
+                if outcome == "crash" and status.phase in WARM and status.active is not None:
+                    up = frozenset({status.active.other()})
+                backlog = {
+                    "stuck": Backlog(inbox=3, outbox=1),
+                    "unread": Backlog(error="http://x-blue-agent.bots.svc:9101/metrics: refused"),
+                }.get(outcome, Backlog())
                 observed = Observed(
                     config_hash=spec.config_hash,
                     routes={"active": status.active, "preview": status.preview or status.active},
                     available=frozenset(Colour) if outcome != "helm" else frozenset(),
                     checks=CheckResult(outcome != "fail", "ok" if outcome != "fail" else "no reply"),
-                    serving=frozenset(Colour) if serving else frozenset(),
+                    serving=up,
+                    backlog=backlog if status.phase is Phase.DRAINING else None,
                 )
                 now += timedelta(seconds=400)
                 decision = decide(spec, status, observed, now)

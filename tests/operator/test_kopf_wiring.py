@@ -4,9 +4,11 @@ against kmock's Kubernetes emulation, reached through a kubeconfig as a cluster 
 `helm` is a stand-in executable first on PATH that records its arguments and the values file
 it was given (the operator cannot tell); while the file HELM_FAIL names exists, it fails as helm
 does, that file's text on stderr. The test plays the cluster's controllers: when a colour
-is installed it creates that release's Deployments, available at the installed version. The
-preview's checks are served by a local HTTP server (WACODER_PREVIEW_URL) that verifies the
-operator's Twilio signature with twilio's own RequestValidator, as the webhook does.
+is installed it creates that release's Deployments (its AutoCoder's too when its values run
+one), available at the installed version. The preview's checks are served by a local HTTP
+server (WACODER_PREVIEW_URL) that verifies the operator's Twilio signature with twilio's own
+RequestValidator, as the webhook does; the same server serves each colour's agent and notifier
+metrics (WACODER_METRICS_URL), their queue depths as the test sets them.
 
 RBAC against reality: every request kopf and the operator make to kmock (its request log; ours
 carry the kubeconfig's token, the test's own do not) is checked, as each test ends, against the
@@ -31,10 +33,13 @@ import aiohttp
 import kmock
 import pytest
 import yaml
+from agent import metrics as agent_metrics
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from devtools.stack import free_port
 from kopf.testing import KopfRunner
+from notifier import metrics as notifier_metrics
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from twilio.request_validator import RequestValidator
 
 from tests.operator.test_crd_and_chart import (
@@ -223,6 +228,33 @@ class Preview:
         return web.Response(text="Commands: /new, /run, /help")
 
 
+GAUGES = {  # the services' own queue-depth gauges
+    "agent": agent_metrics.INBOX_DEPTH.describe()[0].name,
+    "notifier": notifier_metrics.OUTBOX_DEPTH.describe()[0].name,
+}
+
+
+class Queues:
+    """Each colour's agent and notifier metrics: their queue depths per shard, as set by the test
+    (empty unless told), in Prometheus' text format."""
+
+    def __init__(self) -> None:
+        self.depths: dict[tuple[str, str], list[int]] = {}  # (colour, component) -> per shard
+        self.scrapes: list[tuple[str, str]] = []
+
+    def set(self, colour: str, inbox: list[int], outbox: list[int]) -> None:
+        self.depths[(colour, "agent")], self.depths[(colour, "notifier")] = inbox, outbox
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        colour, component = request.match_info["colour"], request.match_info["component"]
+        self.scrapes.append((colour, component))
+        registry = CollectorRegistry()
+        gauge = Gauge(GAUGES[component], "queue depth, per shard", ["shard"], registry=registry)
+        for shard, depth in enumerate(self.depths.get((colour, component), [0, 0, 0, 0])):
+            gauge.labels(str(shard)).set(depth)
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+
 class Cluster:
     """kmock's emulated API, the recorded helm calls, and the controllers the test plays."""
 
@@ -230,6 +262,7 @@ class Cluster:
         self.api, self.record, self.helm_fail = api, record, helm_fail
         self.seen_calls = 0
         self.runner: KopfRunner | None = None
+        self.queues = Queues()
 
     def start_operator(self) -> None:
         self.runner = KopfRunner(["run", "--standalone", "-A", "-m", "wacoder_operator.handlers"], timeout=30)
@@ -292,10 +325,23 @@ class Cluster:
         for call in calls[self.seen_calls :]:
             args = call["args"]
             if args[0] == "upgrade" and not call["failed"]:
-                release, tag = args[2], yaml.safe_load(call["values"])["image"]["tag"]
-                for component in COMPONENTS:
+                values = yaml.safe_load(call["values"])
+                release, tag = args[2], values["image"]["tag"]
+                for component in COMPONENTS + (("autocoder",) if values["autocoder"]["enabled"] else ()):
                     await self.deployment(release, component, tag)
         self.seen_calls = len(calls)
+
+    def replicas(self, release: str, component: str) -> int:
+        return int((self.get("apps/v1/deployments", f"{release}-{component}") or {})["spec"]["replicas"])
+
+    async def set_available(self, release: str, component: str, available: bool) -> None:
+        """What the Deployment controller reports when its pods come and go."""
+        status = {
+            "availableReplicas": 2 if available else 0,
+            "conditions": [{"type": "Available", "status": str(available)}],
+        }
+        path = f"/apis/apps/v1/namespaces/{NS}/deployments/{release}-{component}"
+        assert await self.call("PATCH", path, {"status": status}, merge=True) == 200
 
     async def deployment(self, release: str, component: str, tag: str) -> None:
         name = f"{release}-{component}"
@@ -309,12 +355,17 @@ class Cluster:
                 "labels": {"app.kubernetes.io/instance": release, "app.kubernetes.io/component": component},
             },
             "spec": {
-                "replicas": 2,
+                "replicas": 1 if component == "autocoder" else 2,
                 "template": {
                     "spec": {"containers": [{"name": component, "image": f"ghcr.io/x/{component}:{tag}"}]}
                 },
             },
-            "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
+            "status": {
+                "observedGeneration": 1,
+                "replicas": 2,
+                "updatedReplicas": 2,
+                "availableReplicas": 2,
+            },
         }
         collection = f"/apis/apps/v1/namespaces/{NS}/deployments"
         if await self.call("POST", collection, body) == 409:
@@ -368,6 +419,8 @@ async def emulated(
     app.router.add_get("/readyz", preview.readyz)
     app.router.add_post("/webhook/whatsapp", preview.webhook)
     app.router.add_get("/webhook/probe/{sid}", preview.probe_reply)
+    world = Cluster(kmock, tmp_path / "helm.jsonl", tmp_path / "helm-fails")
+    app.router.add_get("/{colour}/{component}/metrics", world.queues.metrics)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
@@ -377,8 +430,10 @@ async def emulated(
     monkeypatch.setenv("HELM_FAIL", str(tmp_path / "helm-fails"))
     monkeypatch.setenv("WACODER_CHART", "/charts/whatsapp-coder")
     monkeypatch.setenv("WACODER_PREVIEW_URL", f"http://127.0.0.1:{server.port}")
+    monkeypatch.setenv(
+        "WACODER_METRICS_URL", f"http://127.0.0.1:{server.port}/{{colour}}/{{component}}/metrics"
+    )
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    world = Cluster(kmock, tmp_path / "helm.jsonl", tmp_path / "helm-fails")
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -410,8 +465,8 @@ async def cluster(
     FINISHED.add(request.node.name)
 
 
-async def healthy_on_blue(world: Cluster, preview: Preview) -> None:
-    await world.apply_bot(bot())
+async def healthy_on_blue(world: Cluster, preview: Preview, **spec: Any) -> None:
+    await world.apply_bot(bot(**spec))
     await world.until("blue installed and promoted", lambda: world.status().get("phase") == "Healthy")
     assert world.status()["activeColour"] == "blue" and world.status()["activeVersion"] == "1.0"
     assert world.condition("Ready")["status"] == "True"
@@ -482,14 +537,20 @@ async def test_create_update_rollout_and_delete(cluster: tuple[Cluster, Preview]
     upgrade = world.helm_calls()[1]
     assert upgrade["args"][:3] == ["upgrade", "--install", "acme-green"]
     assert yaml.safe_load(upgrade["values"])["image"]["tag"] == "2.0"
+    # One AutoCoder for the bot: blue's; green's bridges are pointed at it.
+    assert yaml.safe_load(install["values"])["autocoder"]["enabled"] is True
+    assert yaml.safe_load(upgrade["values"])["autocoder"] == {
+        "enabled": False,
+        "mcpUrl": "http://acme-blue-autocoder.bots.svc.cluster.local:8765/mcp",
+    }
+    assert world.status()["autocoderColour"] == "blue"
     last = world.status()["lastRollout"]
     assert (last["fromVersion"], last["toVersion"], last["result"]) == ("1.0", "2.0", "Promoted")
     assert ("Normal", "Promoted") in [(t, r) for t, r, _ in world.events()]
     await world.until("blue scaled down", lambda: world.status().get("phase") == "Healthy", within_s=10)
-    assert all(
-        (world.get("apps/v1/deployments", f"acme-blue-{c}") or {})["spec"]["replicas"] == 0
-        for c in COMPONENTS
-    )
+    assert ("blue", "agent") in world.queues.scrapes and ("blue", "notifier") in world.queues.scrapes
+    assert all(world.replicas("acme-blue", c) == 0 for c in COMPONENTS)
+    assert world.replicas("acme-blue", "autocoder") == 1  # green's bridges use it
     assert world.condition("Degraded")["status"] == "False"
     assert world.condition("Ready")["observedGeneration"] == 3
 
@@ -551,6 +612,79 @@ async def test_a_restarted_operator_resumes_a_paused_rollout_and_promotes_on_ann
 
 def warnings(world: Cluster) -> list[tuple[str, str]]:
     return [(reason, message) for type_, reason, message in world.events() if type_ == "Warning"]
+
+
+async def test_the_old_colour_drains_its_queues_before_it_scales_down(
+    cluster: tuple[Cluster, Preview],
+) -> None:
+    """What blue accepted before the switch is handled by blue, not left in its queues; past the
+    drain deadline it is scaled down anyway, and the bot says how many messages it left."""
+    world, preview = cluster
+    await healthy_on_blue(world, preview)
+    world.queues.set("blue", inbox=[2, 0, 1, 0], outbox=[0, 1, 0, 0])  # 3 inbox entries, 1 reply
+    await world.patch_bot({"spec": {"version": "2.0"}})
+    await world.until("blue drains", lambda: world.status().get("phase") == "Draining")
+
+    def progressing() -> str:
+        return str(world.condition("Progressing")["message"])
+
+    await world.until("the backlog counted", lambda: "4 messages left" in progressing())
+    assert world.condition("Progressing")["reason"] == "Draining"
+    assert "(3 in its agent's inbox, 1 in its notifier's outbox)" in progressing()
+    world.queues.set("blue", inbox=[0, 0, 0, 0], outbox=[0, 1, 0, 0])  # blue's agent handled them
+    await world.until("read again", lambda: "1 message left" in progressing())
+    assert all(world.replicas("acme-blue", c) == 2 for c in COMPONENTS)  # still up, reconciles later
+    world.queues.set("blue", inbox=[0, 0, 0, 0], outbox=[0, 0, 0, 0])  # ... and its notifier sent
+    await world.until("blue scaled down", lambda: world.status().get("phase") == "Healthy")
+    assert all(world.replicas("acme-blue", c) == 0 for c in COMPONENTS)
+    assert world.condition("Degraded")["status"] == "False" and not warnings(world)
+
+    # Back onto blue; green keeps 2 messages that never go. Shortening the deadline reaches it now.
+    world.queues.set("green", inbox=[0, 0, 0, 2], outbox=[0, 0, 0, 0])
+    await world.patch_bot({"spec": {"version": "3.0"}})
+    await world.until("green drains", lambda: world.status().get("phase") == "Draining")
+    assert world.status()["activeColour"] == "blue"
+    await world.patch_bot({"spec": {"rollout": {"scaleDownDelaySeconds": 2, "progressDeadlineSeconds": 1}}})
+    await world.until("green scaled down anyway", lambda: world.status().get("phase") == "Healthy")
+    assert all(world.replicas("acme-green", c) == 0 for c in COMPONENTS)
+    degraded = world.condition("Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "DrainDeadlineExceeded")
+    assert "green was scaled down at its drain deadline with 2 messages left" in degraded["message"]
+    assert world.status()["releases"]["green"]["leftBehind"] == {"inbox": 2, "outbox": 0}
+    (warning,) = [m for r, m in warnings(world) if r == "DrainDeadlineExceeded"]
+    assert "2 messages left (2 in its agent's inbox, 0 in its notifier's outbox)" in warning
+    assert world.condition("Ready")["status"] == "True"  # blue serves meanwhile
+
+
+async def test_a_promoted_colour_that_stops_serving_in_the_window_is_rolled_back_at_once(
+    cluster: tuple[Cluster, Preview],
+) -> None:
+    world, preview = cluster
+    await healthy_on_blue(
+        world, preview, rollout={"scaleDownDelaySeconds": 120, "progressDeadlineSeconds": 60}
+    )
+    await world.patch_bot({"spec": {"version": "2.0"}})
+    await world.until("green promoted", lambda: world.status().get("phase") == "ScaleDownDelay")
+    assert world.selector("acme-active") == "green"
+    await world.set_available("acme-green", "agent", False)  # green's agents crash-loop
+    await world.until("traffic back on blue", lambda: world.selector("acme-active") == "blue")
+    await world.until("the status says so", lambda: world.status().get("phase") == "Aborted")
+    assert world.status()["activeColour"] == "blue" and world.selector("acme-preview") == "blue"
+    degraded = world.condition("Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "PromotedUnavailable")
+    assert "green (2.0) stopped serving within the scale-down window" in degraded["message"]
+    assert world.condition("Ready")["status"] == "True"
+    assert world.status()["lastRollout"]["result"] == "RolledBack"
+    (rolled_back,) = [m for r, m in warnings(world) if r == "RolledBack"]
+    assert "traffic back on blue (1.0)" in rolled_back
+    await world.until(
+        "green scaled down", lambda: all(world.replicas("acme-green", c) == 0 for c in COMPONENTS)
+    )
+    assert all(world.replicas("acme-blue", c) == 2 for c in COMPONENTS)
+    assert [c["args"][2] for c in world.helm_calls() if c["args"][0] == "upgrade"] == [
+        "acme-blue",
+        "acme-green",
+    ]  # nothing was installed to roll back: blue was warm
 
 
 async def test_helm_failing_ends_degraded_at_the_deadline_and_traffic_stays_on_the_old_colour(

@@ -23,6 +23,7 @@ from wacoder_operator.rollout import (
     PROMOTE_ANNOTATION,
     Action,
     ApplyRelease,
+    Backlog,
     CheckResult,
     ClearAnnotation,
     Colour,
@@ -76,11 +77,20 @@ class World:
     # what fails: an action -> (condition reason, operation, message); None: it succeeds
     refuses: Callable[[Action], tuple[str, str, str] | None] = lambda action: None
     read_error: str | None = None  # reading the cluster fails (the Deployments are not seen)
+    backlog: Backlog = field(default_factory=Backlog)  # the old colour's queues (read while Draining)
 
     def observed(self) -> Observed:
         serving = None if self.read_error else frozenset(self.running - self.down)
         available = frozenset() if self.read_error else frozenset(self.available)
-        return Observed(self.config_hash, dict(self.routes), available, self.checks, serving, self.read_error)
+        return Observed(
+            config_hash=self.config_hash,
+            routes=dict(self.routes),
+            available=available,
+            checks=self.checks,
+            serving=serving,
+            error=self.read_error,
+            backlog=self.backlog,
+        )
 
     def run(self, decision: Decision, spec: Spec) -> Decision:
         """As the handler runs a decision: in order, after a failure only the Events."""
@@ -172,14 +182,19 @@ def rolling(phase: Phase, to: str = "2.0", **changes: object) -> Bot:
     if phase is not Phase.DEPLOYING:
         bot.world.available.add(GREEN)
         bot.step(target)
-    if phase in (Phase.PAUSED, Phase.SCALE_DOWN_DELAY, Phase.HEALTHY):
+    if phase in (Phase.PAUSED, Phase.SCALE_DOWN_DELAY, Phase.DRAINING, Phase.HEALTHY):
         bot.world.checks = OK
         bot.step(target)
         bot.world.checks = None
-    if phase is Phase.HEALTHY:
+    if phase is Phase.DRAINING:
+        bot.world.backlog = STUCK  # blue still holds messages when the delay ends
+    if phase in (Phase.DRAINING, Phase.HEALTHY):
         bot.step(target, seconds=400)
     assert bot.status.phase is phase, bot.status
     return bot
+
+
+STUCK = Backlog(inbox=3, outbox=2)
 
 
 # --- transitions ---------------------------------------------------------------------------------
@@ -232,7 +247,8 @@ def test_a_new_version_goes_blue_green_and_the_old_colour_scales_down_after_the_
     bot.world.checks = None
     assert bot.step(target, seconds=100).actions == ()  # inside the window: warm
     done = bot.step(target, seconds=300)
-    assert done.actions == (ScaleDown(BLUE),)
+    # Blue drained (its queues are empty) and scales down, but for the AutoCoder green's bridges use.
+    assert done.actions == (ScaleDown(BLUE, keep_autocoder=True),)
     assert bot.status.phase is Phase.HEALTHY and bot.status.releases[BLUE].scaled_down
     assert bot.status.to_dict()["activeVersion"] == "2.0"
 
@@ -413,6 +429,196 @@ def test_a_new_version_within_the_window_rolls_out_onto_the_warm_colour() -> Non
     assert bot.status.current.from_version == "2.0"  # type: ignore[union-attr]
 
 
+# --- draining the old colour before it scales down ----------------------------------------------
+
+
+def test_the_old_colour_stays_up_until_its_queues_are_empty() -> None:
+    bot = rolling(Phase.SCALE_DOWN_DELAY)
+    target = spec("2.0", 2)
+    delay_end = bot.status.phase_since + timedelta(seconds=300)  # type: ignore[operator]
+    bot.world.backlog = STUCK
+    waiting = bot.step(target, seconds=400)
+    assert ScaleDown not in kinds(waiting) and BLUE in bot.world.running  # what blue accepted is not stranded
+    assert bot.status.phase is Phase.DRAINING and bot.status.phase_since == delay_end
+    assert conditions(bot.status)["Progressing"] == (False, "Draining")
+    assert conditions(bot.status)["Ready"] == (True, "Serving")
+    message = bot.status.condition("Progressing").message  # type: ignore[union-attr]
+    assert "5 messages left (3 in its agent's inbox, 2 in its notifier's outbox)" in message
+    assert "at the latest at 2026-11-29T10:15:06Z" in message  # promoted 10:00:06, + 300 s delay + 600 s
+    assert delay_end == datetime(2026, 11, 29, 10, 5, 6, tzinfo=UTC)
+    assert bot.step(target, seconds=30).actions == ()  # still holding messages: nothing to do
+    bot.world.backlog = Backlog(inbox=0, outbox=1)
+    assert bot.step(target, seconds=30).actions == ()
+    assert "1 message left (0 in its agent's inbox, 1 in its notifier's outbox)" in (
+        bot.status.condition("Progressing").message  # type: ignore[union-attr]
+    )
+    bot.world.backlog = Backlog()
+    drained = bot.step(target, seconds=30)
+    assert drained.actions == (ScaleDown(BLUE, keep_autocoder=True),) and BLUE not in bot.world.running
+    assert bot.status.phase is Phase.HEALTHY and bot.status.releases[BLUE].left_behind is None
+    assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+
+
+def test_queues_that_cannot_be_read_are_not_taken_for_empty() -> None:
+    bot = rolling(Phase.SCALE_DOWN_DELAY)
+    bot.world.backlog = Backlog(error="http://acme-blue-agent.bots.svc:9101/metrics: connection refused")
+    bot.step(spec("2.0", 2), seconds=400)
+    assert bot.status.phase is Phase.DRAINING and BLUE in bot.world.running
+    assert "could not be read (http://acme-blue-agent.bots.svc:9101/metrics: connection refused)" in (
+        bot.status.condition("Progressing").message  # type: ignore[union-attr]
+    )
+
+
+def test_at_the_drain_deadline_the_old_colour_scales_down_anyway_and_degraded_says_what_it_left() -> None:
+    bot = rolling(Phase.DRAINING)
+    target = spec("2.0", 2)
+    deadline = bot.status.phase_since + timedelta(seconds=600)  # type: ignore[operator]
+    bot.now = deadline - timedelta(seconds=1)
+    assert bot.step(target, seconds=1).actions == ()  # at the deadline: still draining
+    cut = bot.step(target, seconds=1)
+    assert ScaleDown(BLUE, keep_autocoder=True) in cut.actions and warnings(cut) == ["DrainDeadlineExceeded"]
+    (event,) = [a for a in cut.actions if isinstance(a, Emit)]
+    assert "blue was scaled down at its drain deadline with 5 messages left" in event.message
+    assert bot.status.phase is Phase.HEALTHY and bot.status.releases[BLUE].left_behind == STUCK
+    assert conditions(bot.status) == {
+        "Ready": (True, "Serving"),
+        "Progressing": (False, "UpToDate"),
+        "Degraded": (True, "DrainDeadlineExceeded"),
+    }
+    degraded = bot.status.condition("Degraded")
+    assert degraded is not None and "5 messages left (3 in its agent's inbox" in degraded.message
+    assert "until blue runs again" in degraded.message
+    assert Status.from_dict(json.loads(json.dumps(bot.status.to_dict()))) == bot.status
+    assert bot.step(target, seconds=3600).actions == ()  # said once
+    # Blue runs again with the next rollout: its pods take up its queues, Degraded clears.
+    bot.world.backlog = Backlog()
+    bot.step(spec("3.0", 3))
+    assert bot.world.applied[-1] is BLUE and bot.status.releases[BLUE].left_behind is None
+    assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
+
+
+def test_a_drain_seen_late_counts_its_deadline_from_the_end_of_the_delay() -> None:
+    """An operator down through the delay and the drain deadline scales down at its first look."""
+    bot = rolling(Phase.SCALE_DOWN_DELAY)
+    bot.world.backlog = STUCK
+    late = bot.step(spec("2.0", 2), seconds=300 + 601)
+    assert ScaleDown(BLUE, keep_autocoder=True) in late.actions
+    assert warnings(late) == ["DrainDeadlineExceeded"] and bot.status.phase is Phase.HEALTHY
+
+
+def test_rollback_is_still_instant_while_the_old_colour_drains() -> None:
+    bot = rolling(Phase.DRAINING)
+    back = bot.step(spec("2.0", 2, abort=True))
+    assert back.actions[0] == Route(BLUE, BLUE) and ApplyRelease not in kinds(back)
+    assert bot.status.phase is Phase.ABORTED and bot.status.active is BLUE and BLUE in bot.world.running
+
+
+# --- automatic rollback inside the scale-down window ----------------------------------------------
+
+
+@pytest.mark.parametrize("phase", [Phase.SCALE_DOWN_DELAY, Phase.DRAINING])
+def test_the_promoted_colour_going_unavailable_in_the_window_rolls_back_at_once(phase: Phase) -> None:
+    bot = rolling(phase)
+    bot.world.down.add(GREEN)  # green's pods crash after its promotion
+    back = bot.step(spec("2.0", 2))
+    assert back.actions[0] == Route(BLUE, BLUE)  # traffic first: blue is warm, nothing to install
+    assert ScaleDown(GREEN) in back.actions and ApplyRelease not in kinds(back)
+    assert warnings(back) == ["RolledBack"]  # Ready never went False: blue took over in this reconcile
+    (event,) = [a for a in back.actions if isinstance(a, Emit)]
+    assert "green (2.0) stopped serving within the scale-down window" in event.message
+    assert "traffic back on blue (1.0)" in event.message
+    assert bot.status.phase is Phase.ABORTED and bot.status.active is BLUE
+    assert bot.world.routes == {"active": BLUE, "preview": BLUE}
+    assert conditions(bot.status) == {
+        "Ready": (True, "RolloutAborted"),
+        "Progressing": (False, "PromotedUnavailable"),
+        "Degraded": (True, "PromotedUnavailable"),
+    }
+    last = bot.status.last
+    assert last is not None and (last.result, last.reason, last.to_version) == (
+        "RolledBack",
+        "PromotedUnavailable",
+        "2.0",
+    )
+    assert bot.step(spec("2.0", 2), seconds=60).actions == ()  # Aborted is stable
+    bot.world.down.clear()
+    retry = bot.step(spec("2.0", 2, promote=True))  # fixed: try again
+    assert ApplyRelease(GREEN) in retry.actions and bot.status.phase is Phase.DEPLOYING
+
+
+def test_with_both_colours_down_nothing_is_rolled_back() -> None:
+    bot = rolling(Phase.SCALE_DOWN_DELAY)
+    bot.world.down |= {GREEN, BLUE}
+    down = bot.step(spec("2.0", 2))
+    assert Route not in kinds(down) and warnings(down) == ["ActiveUnavailable"]
+    assert bot.status.phase is Phase.SCALE_DOWN_DELAY and bot.status.active is GREEN
+    assert conditions(bot.status)["Ready"] == (False, "ActiveUnavailable")
+
+
+def test_unread_deployments_roll_nothing_back() -> None:
+    bot = rolling(Phase.SCALE_DOWN_DELAY)
+    bot.world.read_error = "GET /apis/apps/v1/namespaces/bots/deployments: 503"
+    assert Route not in kinds(bot.step(spec("2.0", 2)))
+    assert bot.status.active is GREEN and conditions(bot.status)["Ready"][0] is None
+
+
+def test_after_the_window_an_unavailable_active_colour_is_reported_not_rolled_back() -> None:
+    bot = rolling(Phase.HEALTHY)
+    bot.world.down.add(GREEN)
+    down = bot.step(spec("2.0", 2))
+    assert kinds(down) == [Emit] and bot.status.active is GREEN  # blue is cold: nothing instant to go to
+    assert conditions(bot.status)["Ready"] == (False, "ActiveUnavailable")
+
+
+# --- one reference AutoCoder per bot --------------------------------------------------------------
+
+
+def test_the_first_colour_installed_hosts_the_bots_autocoder_for_good() -> None:
+    bot = Bot()
+    bot.step(spec())
+    assert bot.status.autocoder is BLUE and bot.status.to_dict()["autocoderColour"] == "blue"
+    bot = rolling(Phase.HEALTHY)  # green promoted, blue drained and scaled down
+    assert bot.status.autocoder is BLUE
+    assert bot.status.releases[BLUE].scaled_down
+    # Back onto blue: green scales down whole (it has no AutoCoder to keep); blue still hosts.
+    bot.step(spec("3.0", 3))
+    bot.world.available.add(BLUE)
+    bot.step(spec("3.0", 3))
+    bot.world.checks = OK
+    bot.step(spec("3.0", 3))
+    bot.world.checks = None
+    assert bot.status.active is BLUE and bot.status.autocoder is BLUE
+    done = bot.step(spec("3.0", 3), seconds=400)
+    assert ScaleDown(GREEN) in done.actions
+
+
+def test_an_aborted_first_install_scales_its_autocoder_down_too() -> None:
+    bot = Bot()
+    bot.step(spec())
+    aborted = bot.step(spec(abort=True))
+    assert ScaleDown(BLUE) in aborted.actions  # nothing else uses it
+
+
+def test_with_an_external_autocoder_no_colour_hosts_one() -> None:
+    external = {"own_autocoder": False}
+    bot = Bot()
+    bot.step(spec(**external))
+    assert bot.status.autocoder is None
+    # A bot that moves to an external AutoCoder: the host keeps its own until it is installed
+    # with the external one, and its AutoCoder is no longer kept when it scales down.
+    bot = rolling(Phase.SCALE_DOWN_DELAY, **external)
+    assert bot.status.autocoder is BLUE  # blue, still warm, runs its own
+    done = bot.step(spec("2.0", 2, **external), seconds=400)
+    assert ScaleDown(BLUE) in done.actions
+    bot.step(spec("3.0", 3, **external))
+    assert bot.world.applied[-1] is BLUE and bot.status.autocoder is None
+
+
+def test_which_colour_hosts_the_autocoder_survives_a_restart() -> None:
+    bot = rolling(Phase.DRAINING)
+    assert Status.from_dict(json.loads(json.dumps(bot.status.to_dict()))).autocoder is BLUE
+
+
 # --- idempotence, restarts, conditions -----------------------------------------------------------
 
 PHASES = [
@@ -420,6 +626,7 @@ PHASES = [
     Phase.VERIFYING,
     Phase.PAUSED,
     Phase.SCALE_DOWN_DELAY,
+    Phase.DRAINING,
     Phase.HEALTHY,
     Phase.ABORTED,
 ]
@@ -682,7 +889,7 @@ def test_a_refused_switch_is_retried_and_nothing_scales_down_before_traffic_move
     assert BLUE in bot.world.running and not bot.status.releases[BLUE].scaled_down
     bot.world.refuses = lambda action: None
     healed = bot.step(target)
-    assert healed.actions[0] == Route(GREEN, GREEN) and ScaleDown(BLUE) in healed.actions
+    assert healed.actions[0] == Route(GREEN, GREEN) and ScaleDown(BLUE, keep_autocoder=True) in healed.actions
     assert bot.world.routes["active"] is GREEN and BLUE not in bot.world.running
     assert bot.status.phase is Phase.HEALTHY and bot.status.failure is None
     assert conditions(bot.status)["Degraded"] == (False, "AsExpected")
@@ -728,7 +935,7 @@ def test_failing_reads_are_reported_and_a_waiting_phase_still_has_its_deadline()
 # --- Ready is observed after promotion ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("phase", [Phase.HEALTHY, Phase.SCALE_DOWN_DELAY, Phase.DEPLOYING, Phase.ABORTED])
+@pytest.mark.parametrize("phase", [Phase.HEALTHY, Phase.DEPLOYING, Phase.ABORTED])
 def test_ready_follows_the_active_colours_deployments_without_a_rollout(phase: Phase) -> None:
     bot, target = at(phase)
     active = bot.status.active
