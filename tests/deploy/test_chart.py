@@ -1061,6 +1061,7 @@ def test_network_policies_outside_the_release(variant: str) -> None:
     cluster_address = outside("a private address", "10.1.2.3")
     prometheus = cluster_pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
     stranger = cluster_pod("a pod in monitoring", "monitoring", {"app": "grafana"})
+    operator = cluster_pod("the operator", "wacoder-system", OPERATOR_POD)
     neighbour = cluster_pod("a pod beside them", NAMESPACE, {"app": "x"}, [("http", 8080, "TCP")])
     dns = cluster_pod(
         "kube-dns", "kube-system", {"k8s-app": "kube-dns"}, [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")]
@@ -1095,6 +1096,10 @@ def test_network_policies_outside_the_release(variant: str) -> None:
             assert allowed(policies, neighbour, pod, port) == (name == "webhook"), (name, port)
             if port != HEALTH_PORTS[name]:
                 assert not allowed(policies, prometheus, pod, port) or name == "webhook", (name, port)
+            # The operator reads the agent's and the notifier's queue depths on their metrics
+            # ports (a colour drains before it is scaled down), and nothing else of theirs.
+            reads_depth = name in ("agent", "notifier") and port == HEALTH_PORTS[name]
+            assert allowed(policies, operator, pod, port) == (reads_depth or name == "webhook"), (name, port)
     # The external AutoCoder of production: the bridge reaches it (on 443 the agent and the
     # notifier could too: the internet's port).
     if variant == "production":
@@ -1105,6 +1110,31 @@ def test_network_policies_outside_the_release(variant: str) -> None:
             "notifier",
         }
         assert {n for n, p in pods.items() if allowed(policies, p, autocoder, 8765)} == set()
+
+
+# The labels the whatsapp-coder-operator chart gives its pod (tests/operator checks that chart).
+OPERATOR_POD = {
+    "app.kubernetes.io/name": "whatsapp-coder-operator",
+    "app.kubernetes.io/instance": "wacoder",
+    "app.kubernetes.io/component": "operator",
+}
+
+
+def test_the_operators_reach_can_be_narrowed_to_its_namespace() -> None:
+    def reach(sets: list[str], namespace: str) -> set[str]:
+        objects = render(sets=sets)
+        policies = of_kind(objects, "NetworkPolicy")
+        operator = cluster_pod("the operator", namespace, OPERATOR_POD)
+        return {
+            pod.name
+            for pod in pods_of(objects)
+            if allowed(policies, operator, pod, HEALTH_PORTS[pod.name.split("/")[0]])
+        }
+
+    assert reach([], "anywhere") == {"webhook/blue", "agent/blue", "notifier/blue"}
+    narrowed = ['json:networkPolicy.operator.namespaceSelector={"kubernetes.io/metadata.name":"ops"}']
+    assert reach(narrowed, "ops") == {"webhook/blue", "agent/blue", "notifier/blue"}
+    assert reach(narrowed, "wacoder-system") == {"webhook/blue"}
 
 
 def test_the_edge_computation_sees_a_hole() -> None:

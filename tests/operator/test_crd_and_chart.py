@@ -590,6 +590,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "botImageRepository=registry.example.org/whatsapp-coder",
         "--set",
         "previewUrl=http://{bot}-preview.{namespace}.svc.cluster.local:8000",
+        "--set",
+        "metricsUrl=http://{service}.{namespace}.svc.cluster.local:{port}/metrics",
         "--set-json",
         'extraEnv=[{"name":"HELM_BIN","value":"/usr/local/bin/helm"}]',
         "--set",
@@ -691,7 +693,40 @@ def test_every_variable_the_deployment_sets_is_read_by_the_operator() -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     names = {e["name"] for e in container["env"]}
     assert names - PROCESS_ENV <= read, f"set but never read: {names - PROCESS_ENV - read}"
-    assert {"WACODER_CHART", "WACODER_IMAGE_REPOSITORY", "WACODER_PREVIEW_URL", "LOG_LEVEL"} <= names
+    assert {
+        "WACODER_CHART",
+        "WACODER_IMAGE_REPOSITORY",
+        "WACODER_PREVIEW_URL",
+        "WACODER_METRICS_URL",
+        "LOG_LEVEL",
+    } <= names
+
+
+@needs_helm
+def test_the_bots_network_policies_let_the_operators_pod_read_their_queue_depths() -> None:
+    """The app chart's NetworkPolicies admit the operator's pod, as this chart labels it, to the
+    agent's and notifier's metrics ports (what a colour's drain reads): whatever the release."""
+    from wacoder_operator.backlog import GAUGES
+
+    app_values = yaml.safe_load((APP_CHART / "values.yaml").read_text())
+    wanted = app_values["networkPolicy"]["operator"]["podSelector"]
+    for args in VARIANTS.values():
+        (deployment,) = of_kind(render(*args), "Deployment")
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert wanted.items() <= labels.items(), (wanted, labels)
+    policies = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]: o
+        for o in render(chart=APP_CHART, release="acme-blue", namespace="bots")
+        if o["kind"] == "NetworkPolicy" and "app.kubernetes.io/component" in o["metadata"]["labels"]
+    }
+    for component, (port, _) in GAUGES.items():
+        rules = policies[component]["spec"]["ingress"]
+        assert any(
+            [p["port"] for p in rule["ports"]] == [port]
+            and any(peer.get("podSelector", {}).get("matchLabels") == wanted for peer in rule["from"])
+            for rule in rules
+            if "from" in rule
+        ), (component, rules)
 
 
 # RBAC: what the operator calls. (apiGroup, resource) -> verbs.
