@@ -4,7 +4,10 @@ install them: the chart's schema accepts them, every name carries the colour, th
 Services and the ConfigMap are left to the operator, images carry spec.version, replicas and
 secrets come from the spec, and a model or sender change reaches the pods' environment; the
 operator's routing Services select exactly the webhook pods of their colour as the chart
-labels them, on a port those pods name.
+labels them, on a port those pods name. Both colours' values together give the bot one
+AutoCoder (the host colour's), both bridges its Service's URL, and NetworkPolicies that let
+each bridge reach it (tests/deploy/test_chart.py's edge computation); a drain's metrics URLs
+name each colour's own agent and notifier Services.
 
 helm: HELM_BIN, else `make tools`' npm install, else PATH; skipped without one."""
 
@@ -14,15 +17,19 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from wacoder_operator.backlog import GAUGES, HttpBacklogReader
 from wacoder_operator.helm import write_values
 from wacoder_operator.kube import BotRef, routing_service
 from wacoder_operator.rollout import Colour
 from wacoder_operator.values import config_map_name, helm_values, release_name
+
+from tests.deploy.test_chart import edges
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "whatsapp-coder"
@@ -201,3 +208,89 @@ def test_the_routing_services_select_the_webhook_pods_of_their_colour(role: str,
         named = {port["name"]: port["containerPort"] for port in container["ports"]}
         (port,) = service["spec"]["ports"]
         assert port["targetPort"] in named, (port, named)
+
+
+# --- one reference AutoCoder per bot ------------------------------------------------------------
+
+
+def both_colours(spec: dict[str, Any], tmp_path: Path, host: Colour = Colour.BLUE) -> list[dict[str, Any]]:
+    """Both colours' releases as the operator installs them while `host` runs the AutoCoder."""
+    objects = []
+    for colour in Colour:
+        values = helm_values("acme", spec, colour, autocoder_host=host, namespace=NAMESPACE)
+        path = write_values(values, tmp_path / f"acme-{colour}.yaml")
+        objects += render_file(release_name("acme", colour), path)
+    return objects
+
+
+def render_file(release: str, values: Path) -> list[dict[str, Any]]:
+    assert HELM is not None
+    args = [HELM, "template", release, str(CHART), "-n", NAMESPACE, "-f", str(values)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"{' '.join(args)}:\n{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.mark.parametrize("host", list(Colour))
+def test_both_colours_share_the_one_autocoder_of_the_host(host: Colour, tmp_path: Path) -> None:
+    """Users' projects are where they were after a switch: one AutoCoder Deployment for the bot,
+    and both colours' bridges are given its URL, which names the Service in front of it."""
+    objects = both_colours(SPEC, tmp_path, host)
+    autocoders = [o for o in objects if o["kind"] == "Deployment" and component_of(o) == "autocoder"]
+    assert [a["metadata"]["name"] for a in autocoders] == [f"acme-{host}-autocoder"]
+    bridges = {
+        o["metadata"]["labels"]["colour"]: env(o)["AUTOCODER_MCP_URL"]["value"]
+        for o in objects
+        if o["kind"] == "Deployment" and component_of(o) == "mcp-bridge"
+    }
+    assert set(bridges) == {"blue", "green"} and len(set(bridges.values())) == 1, bridges
+    url = urllib.parse.urlsplit(bridges["blue"])
+    (service,) = [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == f"acme-{host}-autocoder"
+    ]
+    assert url.hostname == f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    assert url.port in [p["port"] for p in service["spec"]["ports"]]
+    pod_labels = autocoders[0]["spec"]["template"]["metadata"]["labels"]
+    assert selects(service["spec"]["selector"], pod_labels)
+    # The NetworkPolicies of the two releases let each colour's bridge reach it, and only them.
+    reach = {(a, b) for a, b, port in edges(objects) if b == f"autocoder/{host}" and port == url.port}
+    assert reach == {("mcp-bridge/blue", f"autocoder/{host}"), ("mcp-bridge/green", f"autocoder/{host}")}
+
+
+def test_an_external_autocoder_wins_over_the_host(tmp_path: Path) -> None:
+    spec = {**SPEC, "autocoder": {"mcpUrl": "https://autocoder.example.org/mcp"}}
+    objects = both_colours(spec, tmp_path)
+    assert not [o for o in objects if o["kind"] == "Deployment" and component_of(o) == "autocoder"]
+    urls = {
+        env(o)["AUTOCODER_MCP_URL"]["value"]
+        for o in objects
+        if o["kind"] == "Deployment" and component_of(o) == "mcp-bridge"
+    }
+    assert urls == {"https://autocoder.example.org/mcp"}
+
+
+def test_the_backlog_is_read_from_each_colours_own_metrics_services(tmp_path: Path) -> None:
+    """The URLs a drain reads (wacoder_operator.backlog, default template) name Services of that
+    colour's release, on their metrics port, in front of that component's pods."""
+    objects = both_colours(SPEC, tmp_path)
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    pods = {
+        (o["metadata"]["labels"]["colour"], component_of(o)): o["spec"]["template"]["metadata"]["labels"]
+        for o in objects
+        if o["kind"] == "Deployment"
+    }
+    reader = HttpBacklogReader()
+    for colour in Colour:
+        for component in GAUGES:
+            url = urllib.parse.urlsplit(reader.url("acme", NAMESPACE, colour, component))
+            name, namespace, _ = str(url.hostname).split(".", 2)
+            assert namespace == NAMESPACE and url.path == "/metrics"
+            service = services[name]
+            assert selects(service["spec"]["selector"], pods[(colour.value, component)])
+            assert not selects(service["spec"]["selector"], pods[(colour.other().value, component)])
+            ports = {p["port"]: p["name"] for p in service["spec"]["ports"]}
+            assert ports.get(url.port) == "metrics", ports
+
+
+def component_of(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["labels"]["app.kubernetes.io/component"])
