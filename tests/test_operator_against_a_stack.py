@@ -1,13 +1,20 @@
-"""The operator's promotion probe against a real stack: one signed `/help` from the probe
-number goes through webhook, agent and notifier, its reply is read back from the webhook, and
-nobody is texted. The operator's own checker (wacoder_operator.checks.HttpChecker) passes on a
-healthy stack and fails, saying why, when the agent is down or the token is wrong."""
+"""What the operator reads from a bot's colour, against a real stack.
+
+- The promotion probe: one signed `/help` from the probe number goes through webhook, agent and
+  notifier, its reply is read back from the webhook, and nobody is texted. The operator's own
+  checker (wacoder_operator.checks.HttpChecker) passes on a healthy stack and fails, saying why,
+  when the agent is down or the token is wrong.
+- The backlog before a scale-down (wacoder_operator.backlog.HttpBacklogReader): the depth gauges
+  of the real agent and notifier count what their queues hold, and a queue whose gauge cannot be
+  read is not taken for empty.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,10 +22,11 @@ from agent.catalog import HELP
 from devtools.stack import Stack
 from wacoder import probe
 from wacoder_operator import checks
+from wacoder_operator.backlog import HttpBacklogReader
 from wacoder_operator.checks import ALL_CHECKS, HttpChecker
-from wacoder_operator.rollout import CheckResult
+from wacoder_operator.rollout import Backlog, CheckResult, Colour
 
-from tests.harness import BOT_NUMBER, TwilioSim, inbound, post_signed, sign
+from tests.harness import BOT_NUMBER, Conversation, TwilioSim, inbound, post_signed, sign
 
 pytestmark = pytest.mark.e2e
 
@@ -109,3 +117,46 @@ def test_the_check_fails_while_the_agent_is_down_and_nobody_is_texted(
     assert run_checks(env).ok
     time.sleep(0.5)
     assert texts_to_the_probe(twilio_sim) == []
+
+
+class StackBacklogReader(HttpBacklogReader):
+    """The operator's reader with the stack's metrics ports where a cluster has its Services."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__()
+        self.ports = {"agent": env["AGENT_METRICS_PORT"], "notifier": env["NOTIFIER_METRICS_PORT"]}
+
+    def url(self, bot: str, namespace: str, colour: Colour, component: str) -> str:
+        return f"http://127.0.0.1:{self.ports[component]}/metrics"
+
+
+def read_backlog(env: dict[str, str]) -> Backlog:
+    return asyncio.run(StackBacklogReader(env).read("bot", "default", Colour("blue")))
+
+
+def test_the_backlog_is_what_the_queues_hold(
+    stack: Stack, env: dict[str, str], twilio_sim: TwilioSim, new_user: Callable[[], Conversation]
+) -> None:
+    assert read_backlog(env) == Backlog(0, 0, None)
+    user = new_user()
+    stack["notifier"].stop()
+    try:
+        for text in ("/help", "/agents", "/list"):
+            user.send(text)
+        # The agent holds the first message (its hand-off fails, retried in place) and the rest
+        # wait behind it: all three are in its inbox. The notifier's gauge cannot be read.
+        deadline = time.monotonic() + 20
+        while (backlog := read_backlog(env)).inbox < 3:
+            assert time.monotonic() < deadline, backlog
+            time.sleep(0.2)
+        assert backlog.inbox == 3 and backlog.error is not None
+        assert f":{env['NOTIFIER_METRICS_PORT']}/metrics" in backlog.error  # the notifier's gauge
+        assert "could not be read" in backlog.describe()
+    finally:
+        stack["notifier"].start()
+        stack["notifier"].wait_ready()
+    assert len(user.next(3)) == 3
+    deadline = time.monotonic() + 20
+    while (backlog := read_backlog(env)) != Backlog(0, 0, None):
+        assert time.monotonic() < deadline, backlog
+        time.sleep(0.2)
