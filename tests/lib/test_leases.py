@@ -10,6 +10,7 @@ can be watched."""
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import time
 from collections import defaultdict
@@ -126,10 +127,19 @@ async def replicas(server: RedisServer) -> AsyncIterator[Replicas]:
     yield made
     for task in made.tasks:
         task.cancel()
-    await asyncio.gather(*made.tasks, return_exceptions=True)
+    # A replica's run() must end when cancelled (a service's shutdown waits for it): bounded, and
+    # if it does not, the test says where each task was stuck instead of hanging the suite.
+    stuck = (await asyncio.wait(made.tasks, timeout=10))[1] if made.tasks else set()
+    where = {}
+    for task in stuck:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        where[task.get_name()] = stack.getvalue()
     for client in made.clients:
-        await client.aclose()
+        async with asyncio.timeout(10):
+            await client.aclose()
     await checker.aclose()
+    assert not stuck, f"replicas still running 10 s after cancel(): {where}"
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -254,7 +264,12 @@ async def test_callbacks_report_each_change_once_while_replicas_come_and_go(repl
     c_run.cancel()  # killed
     await asyncio.gather(c_run, return_exceptions=True)
     replicas.owners.crashed("c")
-    await wait_until(lambda: a.owned == ALL, TTL_S + 1.5, "a holds every shard after c died")
+    # Its callbacks too: a shard counts as owned just before its on_acquired has run.
+    await wait_until(
+        lambda: a.owned == ALL and replicas.owners.held["a"] == set(ALL),
+        TTL_S + 1.5,
+        "a holds every shard after c died",
+    )
 
     # Per replica and shard: started, stopped, started, ... never twice the same in a row.
     changes: dict[tuple[str, int], list[str]] = defaultdict(list)
