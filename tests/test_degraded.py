@@ -87,6 +87,26 @@ def arrivals(twilio_sim: TwilioSim, *users: Conversation) -> list[tuple[str, str
     return [(phones[m["to"]], m["body"]) for m in twilio_sim.messages() if m["to"] in phones]
 
 
+def assert_in_order_once_and_bob_not_held(
+    twilio_sim: TwilioSim, alice: Conversation, bob: Conversation
+) -> None:
+    """Alice's /agents, /list, /help answered in order and once each; Bob's /help, sent while her
+    lane was held, answered before her lane caught up."""
+    replies = alice.next(3, timeout_s=40)
+    assert "AutoCoder agents" in replies[0]
+    assert "no projects yet" in replies[1]
+    assert "Commands" in replies[2]
+    [answer] = bob.next(1, timeout_s=40)
+    assert "Commands" in answer
+    # Once more each, after everything: a duplicate of an earlier reply would come before it.
+    alice_last, bob_last = alice.ask("/agents"), bob.ask("/agents")
+    order = arrivals(twilio_sim, alice, bob)
+    assert [text for phone, text in order if phone == alice.phone] == [*replies, alice_last], order
+    assert [text for phone, text in order if phone == bob.phone] == [answer, bob_last], order
+    # Bob's lane never waited for Alice's retries: his reply is not after all of hers.
+    assert order.index((bob.phone, answer)) < order.index((alice.phone, replies[2])), order
+
+
 def test_replies_keep_their_order_when_the_notifier_stalls(
     stack: Stack, env: dict[str, str], twilio_sim: TwilioSim, r: redis.Redis
 ) -> None:
@@ -103,19 +123,7 @@ def test_replies_keep_their_order_when_the_notifier_stalls(
     finally:
         notifier.send_signal(signal.SIGCONT)
 
-    replies = alice.next(3, timeout_s=40)
-    assert "AutoCoder agents" in replies[0]
-    assert "no projects yet" in replies[1]
-    assert "Commands" in replies[2]
-    [answer] = bob.next(1, timeout_s=40)
-    assert "Commands" in answer
-    # Once more each, after everything: a duplicate of an earlier reply would come before it.
-    alice_last, bob_last = alice.ask("/agents"), bob.ask("/agents")
-    order = arrivals(twilio_sim, alice, bob)
-    assert [text for phone, text in order if phone == alice.phone] == [*replies, alice_last], order
-    assert [text for phone, text in order if phone == bob.phone] == [answer, bob_last], order
-    # Bob's lane never waited for Alice's retries: his reply is not after all of hers.
-    assert order.index((bob.phone, answer)) < order.index((alice.phone, replies[2])), order
+    assert_in_order_once_and_bob_not_held(twilio_sim, alice, bob)
 
 
 def test_replies_keep_their_order_and_come_once_when_the_notifier_is_briefly_unreachable(
@@ -135,19 +143,7 @@ def test_replies_keep_their_order_and_come_once_when_the_notifier_is_briefly_unr
         stack["notifier"].start()
         stack["notifier"].wait_ready()
 
-    replies = alice.next(3, timeout_s=40)
-    assert "AutoCoder agents" in replies[0]
-    assert "no projects yet" in replies[1]
-    assert "Commands" in replies[2]
-    [answer] = bob.next(1, timeout_s=40)
-    assert "Commands" in answer
-    # Once more each, after everything: a duplicate of an earlier reply would come before it.
-    alice_last, bob_last = alice.ask("/agents"), bob.ask("/agents")
-    order = arrivals(twilio_sim, alice, bob)
-    assert [text for phone, text in order if phone == alice.phone] == [*replies, alice_last], order
-    assert [text for phone, text in order if phone == bob.phone] == [answer, bob_last], order
-    # Bob's lane never waited for Alice's retries.
-    assert order.index((bob.phone, answer)) < order.index((alice.phone, replies[2])), order
+    assert_in_order_once_and_bob_not_held(twilio_sim, alice, bob)
 
 
 def test_a_failed_hand_off_after_run_still_relays_progress_and_summary(
