@@ -18,9 +18,12 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from agent.catalog import HELP
 from devtools.stack import Stack
 from wacoder import probe
+from wacoder.crypto import StateCipher
+from wacoder.whatsapp_text import split_message
 from wacoder_operator import checks
 from wacoder_operator.backlog import HttpBacklogReader
 from wacoder_operator.checks import ALL_CHECKS, HttpChecker
@@ -93,6 +96,26 @@ def test_the_reply_read_back_is_the_agents_answer(stack: Stack, env: dict[str, s
         time.sleep(0.1)
     assert answer.status_code == 200
     assert answer.text == HELP
+
+
+async def test_a_reply_in_parts_reads_back_whole(env: dict[str, str]) -> None:
+    """A reply the notifier split (numbered parts, a code fence across them) is read back as it
+    was written, and not before its last part is kept."""
+    redis = aioredis.from_url(env["REDIS_URL"], decode_responses=True)
+    cipher, salt = StateCipher(env["STATE_ENCRYPTION_KEY"]), env["PHONE_HASH_SALT"]
+    text = "```\n" + "x = 1\n" * 500 + "```\n" + "done " * 300
+    parts = split_message(text)
+    assert len(parts) >= 3
+    sid = "SMparts" + str(time.time_ns())
+    try:
+        for n, part in enumerate(parts, 1):
+            assert await probe.read_reply(redis, cipher, salt, sid) is None
+            async with redis.pipeline(transaction=True) as pipe:
+                probe.hold(pipe, cipher, salt, f"reply:{sid}", f"{n}/{len(parts)}", part)
+                await pipe.execute()
+        assert await probe.read_reply(redis, cipher, salt, sid) == text
+    finally:
+        await redis.aclose()
 
 
 def test_a_wrong_token_fails_the_check(stack: Stack, env: dict[str, str]) -> None:

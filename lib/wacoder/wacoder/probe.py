@@ -16,6 +16,7 @@ from wacoder import keys
 from wacoder.crypto import StateCipher
 from wacoder.phones import phone_hash, to_e164
 from wacoder.redis import Pipe, Store
+from wacoder.whatsapp_text import join_parts
 
 # Kept equal to the operator's copy (wacoder_operator.checks.PROBE_SENDER; a test compares them).
 PROBE_SENDER = "+10000000000"
@@ -49,4 +50,5 @@ async def read_reply(redis: Store, cipher: StateCipher, hash_salt: str, message_
         count = int(total)
     if sorted(by_index) != list(range(1, count + 1)):
         return None
-    return "\n".join(by_index[i] for i in range(1, count + 1))
+    # The parts as the notifier split them (numbered, fences balanced): the reply as written.
+    return join_parts([by_index[i] for i in range(1, count + 1)])
