@@ -44,7 +44,6 @@ def run_checks(env: dict[str, str], *, token: str | None = None, reply_timeout_s
             public_base_url=env["PUBLIC_BASE_URL"],
             auth_token=token or env["TWILIO_AUTH_TOKEN"],
             recipient=BOT_NUMBER,
-            whitelist=[],
         )
     )
 

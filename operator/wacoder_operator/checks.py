@@ -59,7 +59,6 @@ class Checker(Protocol):
         public_base_url: str,
         auth_token: str | None,
         recipient: str,
-        whitelist: Sequence[str],
     ) -> CheckResult: ...
 
 
@@ -79,7 +78,6 @@ class HttpChecker:
         public_base_url: str,
         auth_token: str | None,
         recipient: str,
-        whitelist: Sequence[str],
     ) -> CheckResult:
         base = self.url_template.format(bot=bot, namespace=namespace).rstrip("/")
         passed: list[str] = []
@@ -95,9 +93,7 @@ class HttpChecker:
                         return CheckResult(
                             False, "syntheticMessage: no Twilio auth token in the bot's Secret"
                         )
-                    problem = await self._message(
-                        http, base, public_base_url, auth_token, recipient, whitelist
-                    )
+                    problem = await self._message(http, base, public_base_url, auth_token, recipient)
                     if problem:
                         return CheckResult(False, f"syntheticMessage: {problem}")
                     passed.append("synthetic message answered")
@@ -112,7 +108,6 @@ class HttpChecker:
         public_base_url: str,
         auth_token: str,
         recipient: str,
-        whitelist: Sequence[str],
     ) -> str | None:
         """None when the preview verified signatures and answered the probe; else what went wrong."""
         public = public_base_url.rstrip("/")

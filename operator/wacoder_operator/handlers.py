@@ -177,7 +177,6 @@ class Operator:
             public_base_url=twilio.get("publicBaseUrl") or DEFAULT_PUBLIC_BASE_URL,
             auth_token=token,
             recipient=twilio.get("whatsappNumber") or DEFAULT_SENDER,
-            whitelist=list(raw.get("whitelist") or []),
         )
         return result
 
